@@ -1,0 +1,98 @@
+// The generation loop: prefill the prompt, then one step per new token, feeding each step's
+// present KV caches back as the next step's past. It speaks to any engine through the graph
+// convention every exporter follows:
+//   inputs  ids: i32[batch, seq], pos: i32[seq], past_k.<layer>, past_v.<layer>: [batch, kv, past, head_dim]
+//   outputs logits: [batch, seq, vocab], present_k.<layer>, present_v.<layer>: [batch, kv, past+seq, head_dim]
+
+import { i32, type Tensor, tensor, toF32 } from "../ir/tensor.ts";
+import { type Engine, EngineError } from "./engine.ts";
+
+/** Caches of length zero for every `past…` input of the engine. */
+export function emptyCaches(engine: Engine, batch: number): Record<string, Tensor> {
+  const caches: Record<string, Tensor> = {};
+  for (const input of engine.inputs) {
+    if (!input.name.startsWith("past_")) continue;
+    const shape = input.type.shape.map((dim) => {
+      if (dim === "batch") return batch;
+      if (dim === "past") return 0;
+      if (typeof dim === "number") return dim;
+      throw new EngineError(`cache input ${input.name} has an unexpected symbolic size ${dim}`);
+    });
+    caches[input.name] = tensor(input.type.dtype, shape);
+  }
+  return caches;
+}
+
+/** Runs ids[batch][seq] at positions start… and returns the logits and the grown caches. */
+export async function step(
+  engine: Engine,
+  ids: number[][],
+  start: number,
+  caches: Record<string, Tensor>,
+): Promise<{ logits: Tensor; caches: Record<string, Tensor> }> {
+  const seq = ids[0].length;
+  if (ids.some((row) => row.length !== seq)) {
+    throw new EngineError("every sequence in a batch needs the same length");
+  }
+  const outputs = await engine.run({
+    ids: i32([ids.length, seq], ids.flat()),
+    pos: i32([seq], Array.from({ length: seq }, (_, i) => start + i)),
+    ...caches,
+  });
+  const next: Record<string, Tensor> = {};
+  for (const [name, value] of Object.entries(outputs)) {
+    if (name.startsWith("present_")) next[`past_${name.slice("present_".length)}`] = value;
+  }
+  return { logits: outputs.logits, caches: next };
+}
+
+/** The logits of every position of one sequence, as rows of numbers. */
+export async function logitsOf(engine: Engine, ids: number[]): Promise<number[][]> {
+  const { logits } = await step(engine, [ids], 0, emptyCaches(engine, 1));
+  const vocab = logits.shape[2];
+  const values = toF32(logits);
+  return ids.map((_, i) => Array.from(values.subarray(i * vocab, (i + 1) * vocab)));
+}
+
+/** The index of the largest logit in each batch row at the last position. */
+export function lastArgmax(logits: Tensor): number[] {
+  const [batch, seq, vocab] = logits.shape;
+  const values = toF32(logits);
+  const out: number[] = [];
+  for (let b = 0; b < batch; b++) {
+    const base = (b * seq + seq - 1) * vocab;
+    let best = 0;
+    for (let v = 1; v < vocab; v++) if (values[base + v] > values[base + best]) best = v;
+    out.push(best);
+  }
+  return out;
+}
+
+export interface GreedyOptions {
+  maxTokens: number;
+  /** Called with each step's new token per batch row, for streaming output. */
+  onToken?: (tokens: number[]) => void;
+}
+
+/** Greedy decoding of equally long prompts; returns the new ids of each row. */
+export async function generateGreedy(
+  engine: Engine,
+  prompts: number[][],
+  options: GreedyOptions,
+): Promise<number[][]> {
+  if (prompts.length === 0 || prompts[0].length === 0) {
+    throw new EngineError("generation needs a non-empty prompt");
+  }
+  let { logits, caches } = await step(engine, prompts, 0, emptyCaches(engine, prompts.length));
+  const generated: number[][] = prompts.map(() => []);
+  let position = prompts[0].length;
+  for (let n = 0; n < options.maxTokens; n++) {
+    const tokens = lastArgmax(logits);
+    tokens.forEach((token, row) => generated[row].push(token));
+    options.onToken?.(tokens);
+    if (n === options.maxTokens - 1) break;
+    ({ logits, caches } = await step(engine, tokens.map((token) => [token]), position, caches));
+    position++;
+  }
+  return generated;
+}
