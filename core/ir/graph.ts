@@ -201,3 +201,15 @@ export function usersOf(graph: Graph): Map<string, Node[]> {
   }
   return users;
 }
+
+/** The graph with every float input, weight and intermediate in `dtype` (integers stay as they are). */
+export function withFloatDtype(graph: Graph, dtype: DType): Graph {
+  const convert = (type: TensorType): TensorType =>
+    type.dtype === "f32" || type.dtype === "f16" || type.dtype === "bf16"
+      ? { dtype, shape: type.shape }
+      : type;
+  const copy = cloneGraph(graph);
+  copy.inputs = copy.inputs.map((input) => ({ name: input.name, type: convert(input.type) }));
+  copy.weights = copy.weights.map((weight) => ({ ...weight, type: convert(weight.type) }));
+  return retype(copy);
+}

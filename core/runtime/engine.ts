@@ -16,6 +16,8 @@ export interface EngineCapabilities {
 
 export interface Engine extends Disposable {
   readonly backend: string;
+  /** The backend version that made the engine; an engine file records it. */
+  readonly backendVersion: string;
   readonly inputs: GraphInput[];
   readonly outputs: GraphInput[];
   run(inputs: Record<string, Tensor>): Promise<Record<string, Tensor>>;
