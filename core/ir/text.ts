@@ -12,7 +12,7 @@
 
 import { type Attrs, type AttrValue, type Graph, IrError, type WeightSlice } from "./graph.ts";
 import { type Dim, type DType, DTYPES, type TensorType } from "./tensor.ts";
-import { getOp } from "./registry.ts";
+import { getOp, OpError } from "./registry.ts";
 
 export function printGraph(graph: Graph): string {
   const lines = [`graph ${graph.name} {`];
@@ -109,7 +109,7 @@ export function parseGraph(text: string): Graph {
       }
       at.end();
     } catch (error) {
-      if (error instanceof IrError && !error.message.startsWith("line ")) {
+      if ((error instanceof IrError || error instanceof OpError) && !error.message.startsWith("line ")) {
         throw new IrError(`line ${index + 1}: ${error.message}`, { cause: error });
       }
       throw error;

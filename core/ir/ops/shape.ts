@@ -2,7 +2,7 @@
 
 import { OpError, registerOp } from "../registry.ts";
 import { allocate, type Dim, numel, type Tensor, tensor } from "../tensor.ts";
-import { addDims, evalDim } from "../dims.ts";
+import { addDims, evalDim, mulDim } from "../dims.ts";
 import { listAttr, normalizeAxis, numberAttr } from "./common.ts";
 
 registerOp({
@@ -13,27 +13,19 @@ registerOp({
     const target = listAttr(attrs, "shape", "reshape") as Dim[];
     if (target.filter((d) => d === -1).length > 1) throw new OpError("reshape: at most one -1");
     if (!target.includes(-1)) return [{ dtype: x.dtype, shape: target }];
-    // The -1 takes what is left; only computable when the fixed sizes account for the rest.
-    const known = target.filter((d) => d !== -1);
-    const remaining = [...x.shape];
-    for (const dim of known) {
-      const at = remaining.indexOf(dim);
-      if (at >= 0) remaining.splice(at, 1);
-      else if (typeof dim === "number") {
-        const fixed = remaining.findIndex((d) => typeof d === "number" && d % dim === 0);
-        if (fixed < 0) throw new OpError(`reshape: cannot place ${dim} in [${x.shape}]`);
-        remaining[fixed] = (remaining[fixed] as number) / dim;
-      } else throw new OpError(`reshape: symbolic size ${dim} is not in [${x.shape}]`);
+    // The -1 takes what is left: the input's symbolic sizes the target does not name, times the
+    // input's fixed sizes divided by the target's.
+    const symbolic = x.shape.filter((d) => typeof d === "string") as string[];
+    let factor = x.shape.reduce<number>((p, d) => (typeof d === "number" ? p * d : p), 1);
+    for (const dim of target) {
+      if (dim === -1) continue;
+      if (typeof dim === "number") factor /= dim;
+      else if (symbolic.includes(dim)) symbolic.splice(symbolic.indexOf(dim), 1);
+      else throw new OpError(`reshape: symbolic size ${dim} is not in [${x.shape}]`);
     }
-    const fixed = remaining.filter((d) => typeof d === "number").reduce(
-      (a, b) => (a as number) * (b as number),
-      1,
-    );
-    const symbolic = remaining.filter((d) => typeof d !== "number");
+    if (!Number.isInteger(factor)) throw new OpError(`reshape: [${x.shape}] does not fit [${target}]`);
     if (symbolic.length > 1) throw new OpError(`reshape: cannot merge symbolic sizes ${symbolic}`);
-    const inferred: Dim = symbolic.length
-      ? (fixed === 1 ? symbolic[0] : `${symbolic[0]}*${fixed}`)
-      : fixed as number;
+    const inferred: Dim = symbolic.length ? mulDim(symbolic[0], factor) : factor;
     return [{ dtype: x.dtype, shape: target.map((d) => (d === -1 ? inferred : d)) }];
   },
   run([x], attrs, env) {
