@@ -66,10 +66,11 @@ export class GraphBuilder {
     return name;
   }
 
-  weight(key: string, dtype: DType, shape: Dim[], name = key): string {
+  /** Declares a weight; `shape` is its shape after `slices` are cut out of the stored tensor. */
+  weight(key: string, dtype: DType, shape: Dim[], name = key, slices: WeightSlice[] = []): string {
     if (this.#graph.types.has(name)) return name; // tied weights are declared once
     this.#define(name, { dtype, shape });
-    this.#graph.weights.push({ name, key, type: { dtype, shape }, slices: [] });
+    this.#graph.weights.push({ name, key, type: { dtype, shape }, slices });
     return name;
   }
 
