@@ -32,6 +32,8 @@ export interface StageContext {
 /** What a pass may know: the stage context plus the target engine's abilities. */
 export interface PassContext extends StageContext {
   engine?: EngineBackend;
+  /** This rank's place in its tensor-parallel group (rank 0 of 1 when there is none). */
+  tp?: { rank: number; size: number };
 }
 
 /** Facts about the exported model that later stages need beyond the graph. */
