@@ -77,14 +77,25 @@ export interface EnginePlugin<O extends z.ZodType = z.ZodType> extends PluginBas
 }
 
 export interface SavePlugin<O extends z.ZodType = z.ZodType> extends PluginBase<"save", O> {
-  save(engine: Engine, options: z.infer<O>, ctx: StageContext & { model: ModelInfo }): Promise<string>;
+  save(
+    engine: Engine,
+    options: z.infer<O>,
+    ctx: StageContext & { model: ModelInfo; tokenizer?: Tokenizer },
+  ): Promise<string>;
+}
+
+/** What a load stage gives the stages after it: the engine and what serving it needs to know. */
+export interface LoadedEngine {
+  engine: Engine;
+  model: ModelInfo;
+  tokenizer?: Tokenizer;
 }
 
 export interface LoadPlugin<O extends z.ZodType = z.ZodType> extends PluginBase<"load", O> {
   load(
     options: z.infer<O>,
     ctx: StageContext & { backends: (name: string) => EngineBackend },
-  ): Promise<Engine>;
+  ): Promise<LoadedEngine>;
 }
 
 export interface ServeContext extends StageContext {

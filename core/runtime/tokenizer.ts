@@ -3,4 +3,6 @@
 export interface Tokenizer {
   encode(text: string): number[];
   decode(ids: number[]): string;
+  /** The files it was read from, by name, so that a saved engine set can carry it along. */
+  files?: Record<string, string>;
 }

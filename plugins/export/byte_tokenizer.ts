@@ -46,13 +46,18 @@ export function byteTokenizerJson(): Record<string, unknown> {
 
 /** Loads dir/tokenizer.json (and dir/tokenizer_config.json when present). */
 export function loadTokenizer(dir: string): Tokenizer {
-  const json = JSON.parse(Deno.readTextFileSync(join(dir, "tokenizer.json")));
+  const files: Record<string, string> = {
+    "tokenizer.json": Deno.readTextFileSync(join(dir, "tokenizer.json")),
+  };
   const configPath = join(dir, "tokenizer_config.json");
-  const config = existsFile(configPath) ? JSON.parse(Deno.readTextFileSync(configPath)) : {};
+  if (existsFile(configPath)) files["tokenizer_config.json"] = Deno.readTextFileSync(configPath);
+  const json = JSON.parse(files["tokenizer.json"]);
+  const config = files["tokenizer_config.json"] ? JSON.parse(files["tokenizer_config.json"]) : {};
   const tokenizer = new HfTokenizer(json, config);
   // The package cleans up spaces before punctuation unless told not to; transformers 5 does not.
   const cleanUp = config.clean_up_tokenization_spaces === true;
   return {
+    files,
     encode: (text) => tokenizer.encode(text, { add_special_tokens: false }).ids,
     decode: (ids) =>
       ids.length === 0

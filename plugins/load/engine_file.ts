@@ -1,9 +1,11 @@
-// Loads this rank's engine from a saved set, checking the manifest and the file first.
+// Loads this rank's engine from a saved set, checking the manifest and the file first, and the
+// tokenizer saved beside them when there is one.
 
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { z } from "zod";
 import { definePlugin } from "../../core/pipeline/plugin.ts";
 import { loadRankEngine } from "../../core/runtime/manifest.ts";
+import { loadTokenizer } from "../export/byte_tokenizer.ts";
 
 export const options = z.object({
   dir: z.string().describe(
@@ -11,18 +13,24 @@ export const options = z.object({
   ),
 }).strict();
 
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isFile;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}
+
 export default definePlugin({
   kind: "load",
   name: "engine-file",
   description: "loads and verifies this rank's engine file",
   options,
   async load(opts: z.infer<typeof options>, ctx) {
-    const { engine } = await loadRankEngine(
-      resolve(ctx.baseDir, opts.dir),
-      ctx.rank,
-      ctx.worldSize,
-      ctx.backends,
-    );
-    return engine;
+    const dir = resolve(ctx.baseDir, opts.dir);
+    const { engine, manifest } = await loadRankEngine(dir, ctx.rank, ctx.worldSize, ctx.backends);
+    const tokenizer = await isFile(join(dir, "tokenizer.json")) ? loadTokenizer(dir) : undefined;
+    return { engine, model: manifest.model, tokenizer };
   },
 });

@@ -3,7 +3,12 @@
 import { join, resolve } from "node:path";
 import { z } from "zod";
 import { definePlugin } from "../../core/pipeline/plugin.ts";
-import { FORMAT_VERSION, sha256Hex, writeEngineFile } from "../../core/runtime/engine_file.ts";
+import {
+  FORMAT_VERSION,
+  sha256Hex,
+  writeEngineFile,
+  writeFileAtomic,
+} from "../../core/runtime/engine_file.ts";
 import { rankFileName, writeManifest } from "../../core/runtime/manifest.ts";
 
 export const options = z.object({
@@ -40,6 +45,9 @@ export default definePlugin({
         file: rankFileName(rank),
         sha256,
       }));
+      for (const [name, text] of Object.entries(ctx.tokenizer?.files ?? {})) {
+        await writeFileAtomic(join(dir, name), new TextEncoder().encode(text));
+      }
       await writeManifest(dir, {
         format: FORMAT_VERSION,
         backend: engine.backend,

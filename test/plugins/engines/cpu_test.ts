@@ -19,12 +19,24 @@ function smallModel() {
   const weights = new Map<string, Tensor>();
   for (const weight of graph.weights) {
     const shape = weight.type.shape as number[];
-    weights.set(weight.name, f32(shape, Array.from({ length: shape.reduce((a, c) => a * c, 1) }, () => next() - 0.5)));
+    weights.set(
+      weight.name,
+      f32(shape, Array.from({ length: shape.reduce((a, c) => a * c, 1) }, () => next() - 0.5)),
+    );
   }
   return { graph, weights };
 }
 
-const model: ModelInfo = { architecture: "test", vocabSize: 10, layers: 0, heads: 1, kvHeads: 1, headDim: 6, hidden: 6, maxPositions: 8 };
+const model: ModelInfo = {
+  architecture: "test",
+  vocabSize: 10,
+  layers: 0,
+  heads: 1,
+  kvHeads: 1,
+  headDim: 6,
+  hidden: 6,
+  maxPositions: 8,
+};
 const ids = { ids: i32([2, 3], [1, 2, 3, 4, 5, 9]) };
 
 async function savedSet() {
@@ -42,7 +54,7 @@ function loadCtx(dir: string, worldSize = 1) {
 
 Deno.test("cpu engine: save then load gives bit-identical outputs", async () => {
   const { engine, dir } = await savedSet();
-  const loaded = await load.load({ dir: "set" }, loadCtx(dir));
+  const { engine: loaded } = await load.load({ dir: "set" }, loadCtx(dir));
   const [a, b] = [await engine.run(ids), await loaded.run(ids)];
   deepStrictEqual(a.logits.shape, [2, 3, 10]);
   deepStrictEqual(new Uint8Array(toF32(a.logits).buffer), new Uint8Array(toF32(b.logits).buffer));
@@ -73,7 +85,8 @@ Deno.test("engine files: every kind of damage gives a clear error naming the fil
   for (const [name, damage, message] of cases) {
     await Deno.writeFile(file, damage(good));
     await rejects(load.load({ dir: "set" }, loadCtx(dir)), (e: Error) => {
-      return e instanceof EngineError && e.message.includes(file) && message.test(e.message) || Promise.reject(new Error(`${name}: ${e.message}`));
+      return e instanceof EngineError && e.message.includes(file) && message.test(e.message) ||
+        Promise.reject(new Error(`${name}: ${e.message}`));
     });
   }
   await Deno.writeFile(file, good);

@@ -1,0 +1,328 @@
+// The stage runner: loadPipeline turns a file into a Pipeline whose every plugin is imported and
+// whose every option is checked, reporting all problems at once; runPipeline runs its stages in
+// order (export → lower → compile → save → load → serve) and prints each stage's wall time.
+
+import { basename } from "node:path";
+import type { z } from "zod";
+import { type Graph, verifyGraph } from "../ir/graph.ts";
+import { closestName } from "../ir/registry.ts";
+import { readGraphWeights } from "../ir/weights.ts";
+import type { Engine, EngineBackend } from "../runtime/engine.ts";
+import type { Tokenizer } from "../runtime/tokenizer.ts";
+import { PipelineError, type PipelineIssue, type SourceLocation } from "./errors.ts";
+import { type KeyPath, readPipeline } from "./load.ts";
+import { applyOverrides } from "./overrides.ts";
+import type { EnginePlugin, ExportedModel, ModelInfo, PassContext, StageContext } from "./plugin.ts";
+import { builtinNames, type PluginFor, resolvePlugin } from "./resolve.ts";
+import {
+  describeIssues,
+  pipelineFileSchema,
+  type StageName,
+  stageOrderIssues,
+  stageSpec,
+  strictOptions,
+  type Timeouts,
+  type World,
+} from "./schema.ts";
+
+/** One stage as it will run: its plugin and its parsed options. */
+export interface PipelineStage<S extends StageName = StageName> {
+  stage: S;
+  /** As written after `use:`. */
+  use: string;
+  plugin: PluginFor<S>;
+  /** The plugin's options, parsed by its schema (defaults filled in). */
+  options: z.infer<PluginFor<S>["options"]>;
+  /** Where the stage's `use:` is. */
+  at: SourceLocation;
+}
+
+/** Any one stage, narrowed by its `stage` field. */
+export type AnyStage = { [S in StageName]: PipelineStage<S> }[StageName];
+
+/** A validated pipeline: nothing in it can fail to parse or resolve any more. */
+export interface Pipeline {
+  name: string;
+  /** The file as the user named it. */
+  file: string;
+  /** The file's folder: relative paths in options resolve against it. */
+  baseDir: string;
+  world: World & { at: SourceLocation };
+  timeouts: Timeouts;
+  export?: PipelineStage<"export">;
+  lower: PipelineStage<"lower">[];
+  compile?: PipelineStage<"compile">;
+  save?: PipelineStage<"save">;
+  load?: PipelineStage<"load">;
+  serve?: PipelineStage<"serve">;
+}
+
+/** Reads, overrides and validates a pipeline file, importing every plugin it names. */
+export async function loadPipeline(path: string, overrides: readonly string[] = []): Promise<Pipeline> {
+  const source = await readPipeline(path);
+  applyOverrides(source, overrides);
+  const raw = source.toJS() as Record<string, unknown>;
+  const parsed = pipelineFileSchema.safeParse(raw, { reportInput: true });
+  const issues: PipelineIssue[] = parsed.success
+    ? stageOrderIssues(parsed.data, source)
+    : describeIssues(parsed.error, pipelineFileSchema, source);
+
+  // Each well-formed stage is resolved and its options checked even where others are broken.
+  const specs: { stage: StageName; path: KeyPath; use: string; options: Record<string, unknown> }[] = [];
+  const addSpec = (stage: StageName, path: KeyPath, value: unknown) => {
+    const spec = stageSpec.safeParse(value);
+    if (!spec.success) return;
+    const { use, ...options } = spec.data;
+    specs.push({ stage, path, use, options });
+  };
+  for (const stage of ["export", "compile", "save", "load", "serve"] as const) {
+    addSpec(stage, [stage], raw[stage]);
+  }
+  if (Array.isArray(raw.lower)) raw.lower.forEach((pass, index) => addSpec("lower", ["lower", index], pass));
+
+  const stages = await Promise.all(specs.map(async ({ stage, path, use, options }) => {
+    const at = source.locate([...path, "use"]);
+    try {
+      const plugin = await resolvePlugin(stage, use, { baseDir: source.baseDir, at });
+      const schema = strictOptions(plugin.options);
+      const checked = schema.safeParse(options, { reportInput: true });
+      if (!checked.success) {
+        issues.push(...describeIssues(checked.error, schema, source, path));
+        return undefined;
+      }
+      return { stage, use, plugin, options: checked.data, at } as AnyStage;
+    } catch (error) {
+      if (!(error instanceof PipelineError)) throw error;
+      issues.push(...error.issues);
+      return undefined;
+    }
+  }));
+  if (issues.length > 0 || !parsed.success) throw PipelineError.of(sortByPlace(issues));
+
+  const file = parsed.data;
+  const pipeline: Pipeline = {
+    name: file.name ?? basename(path).replace(/\.ya?ml$/, ""),
+    file: path,
+    baseDir: source.baseDir,
+    world: { ...file.world, at: source.locate(["world"]) },
+    timeouts: file.timeouts,
+    lower: [],
+  };
+  for (const entry of stages) {
+    switch (entry?.stage) {
+      case "export":
+        pipeline.export = entry;
+        break;
+      case "lower":
+        pipeline.lower.push(entry);
+        break;
+      case "compile":
+        pipeline.compile = entry;
+        break;
+      case "save":
+        pipeline.save = entry;
+        break;
+      case "load":
+        pipeline.load = entry;
+        break;
+      case "serve":
+        pipeline.serve = entry;
+        break;
+    }
+  }
+  return pipeline;
+}
+
+/** The stages of a pipeline in the order they run. */
+export function pipelineStages(pipeline: Pipeline): AnyStage[] {
+  const { export: exportStage, lower, compile, save, load, serve } = pipeline;
+  return [exportStage, ...lower, compile, save, load, serve].filter((stage) => stage !== undefined);
+}
+
+export interface RunOptions {
+  /** Where progress lines go; console.log unless given. */
+  log?: (message: string) => void;
+}
+
+/** Runs every stage in order, printing one line per stage with its wall time, then the total. */
+export async function runPipeline(pipeline: Pipeline, options: RunOptions = {}): Promise<void> {
+  assertRunnable(pipeline);
+  const log = options.log ?? console.log;
+  const ctx = stageContext(pipeline, log);
+  const width = Math.max(10, ...pipelineStages(pipeline).map((stage) => stage.plugin.name.length + 2));
+  const started = performance.now();
+  const timed = async <T>(stage: string, name: string, work: () => Promise<T> | T): Promise<T> => {
+    const start = performance.now();
+    const result = await work();
+    log(`  ${stage.padEnd(9)}${name.padEnd(width)}${formatMs(performance.now() - start)}`);
+    return result;
+  };
+
+  using stack = new DisposableStack();
+  const backend = pipeline.compile ? pipeline.compile.plugin.backend(pipeline.compile.options) : undefined;
+  let exported: ExportedModel | undefined;
+  let engine: Engine | undefined;
+  if (pipeline.export) {
+    const { plugin, options } = pipeline.export;
+    exported = stack.use(await timed("export", plugin.name, () => plugin.export(options, ctx)));
+    let graph = exported.graph;
+    for (const [index, pass] of pipeline.lower.entries()) {
+      graph = await timed(
+        "lower",
+        pass.plugin.name,
+        () => runPass(pass, index, graph, { ...ctx, engine: backend }),
+      );
+    }
+    if (pipeline.compile && backend) {
+      const { weights } = exported;
+      engine = stack.use(
+        await timed(
+          "compile",
+          pipeline.compile.plugin.name,
+          () => backend.build(graph, readGraphWeights(graph, weights)),
+        ),
+      );
+    }
+  }
+  if (pipeline.save && engine && exported) {
+    const { plugin, options } = pipeline.save;
+    const built = engine;
+    const { model, tokenizer } = exported;
+    await timed("save", plugin.name, () => plugin.save(built, options, { ...ctx, model, tokenizer }));
+  }
+  let model: ModelInfo | undefined = exported?.model;
+  let tokenizer: Tokenizer | undefined = exported?.tokenizer;
+  if (pipeline.load) {
+    const { plugin, options } = pipeline.load;
+    const backends = await engineBackends(pipeline);
+    const loaded = await timed("load", plugin.name, () => plugin.load(options, { ...ctx, backends }));
+    engine = stack.use(loaded.engine);
+    model = loaded.model;
+    tokenizer = loaded.tokenizer ?? tokenizer;
+  }
+  if (pipeline.serve && engine && model) {
+    const { plugin, options } = pipeline.serve;
+    const [serving, info] = [engine, model];
+    await timed(
+      "serve",
+      plugin.name,
+      () => plugin.serve(serving, options, { ...ctx, model: info, tokenizer }),
+    );
+  }
+  log(`  ${"total".padEnd(9 + width)}${formatMs(performance.now() - started)}`);
+}
+
+/** Exports the model and, unless `lower` is false, runs the passes: what `rankflow graph` prints. */
+export async function exportAndLower(
+  pipeline: Pipeline,
+  options: RunOptions & { lower?: boolean } = {},
+): Promise<{ exported: ExportedModel; graph: Graph }> {
+  assertRunnable(pipeline);
+  if (!pipeline.export) {
+    throw new PipelineError(`${pipeline.file}: the pipeline starts at load, so it has no graph to show`);
+  }
+  const ctx = stageContext(pipeline, options.log ?? console.log);
+  const backend = pipeline.compile ? pipeline.compile.plugin.backend(pipeline.compile.options) : undefined;
+  const exported = await pipeline.export.plugin.export(pipeline.export.options, ctx);
+  let graph = exported.graph;
+  try {
+    if (options.lower !== false) {
+      for (const [index, pass] of pipeline.lower.entries()) {
+        graph = runPass(pass, index, graph, { ...ctx, engine: backend });
+      }
+    }
+  } catch (error) {
+    exported[Symbol.dispose]();
+    throw error;
+  }
+  return { exported, graph };
+}
+
+/** Runs one pass and verifies its output, naming the pass when it fails or breaks the graph. */
+export function runPass(pass: PipelineStage<"lower">, index: number, graph: Graph, ctx: PassContext): Graph {
+  const label = `lower.${index} (${pass.plugin.name})`;
+  let result: Graph;
+  try {
+    result = pass.plugin.run(graph, pass.options, ctx);
+  } catch (error) {
+    throw new PipelineError(`${label} failed: ${messageOf(error)}`, pass.at, { cause: error });
+  }
+  if (!result || !Array.isArray(result.nodes) || !(result.types instanceof Map)) {
+    throw new PipelineError(`${label} did not return a graph`, pass.at);
+  }
+  try {
+    verifyGraph(result);
+  } catch (error) {
+    throw new PipelineError(`${label} broke the graph: ${messageOf(error)}`, pass.at, { cause: error });
+  }
+  return result;
+}
+
+/** Refuses what validates but cannot run yet: worlds bigger than one rank. */
+export function assertRunnable(pipeline: Pipeline): void {
+  const { tp, dp, at } = pipeline.world;
+  if (tp !== 1 || dp !== 1) {
+    throw new PipelineError(
+      `world: tp: ${tp}, dp: ${dp} is not yet supported; only tp: 1, dp: 1 runs for now`,
+      at,
+    );
+  }
+}
+
+function stageContext(pipeline: Pipeline, log: (message: string) => void): StageContext {
+  return { baseDir: pipeline.baseDir, rank: 0, worldSize: 1, log };
+}
+
+/**
+ * The engine backends a load plugin may ask for by name, each built with its default options.
+ * Every built-in engine is imported first, since `backends` answers synchronously.
+ */
+async function engineBackends(pipeline: Pipeline): Promise<(name: string) => EngineBackend> {
+  const engines = new Map<string, EnginePlugin | PipelineError>();
+  if (pipeline.compile) engines.set(pipeline.compile.plugin.name, pipeline.compile.plugin);
+  for (const name of await builtinNames("compile") ?? []) {
+    if (engines.has(name)) continue;
+    try {
+      engines.set(name, await resolvePlugin("compile", name, { baseDir: pipeline.baseDir }));
+    } catch (error) {
+      if (!(error instanceof PipelineError)) throw error;
+      engines.set(name, error);
+    }
+  }
+  const at = pipeline.load?.at;
+  return function backendNamed(name: string): EngineBackend {
+    const engine = engines.get(name);
+    if (engine instanceof PipelineError) {
+      throw new PipelineError(
+        `load: the engine file needs backend '${name}', which cannot be loaded: ${engine.issues[0].message}`,
+        at,
+      );
+    }
+    if (!engine) {
+      const near = closestName(name, [...engines.keys()]);
+      const hint = near
+        ? ` (did you mean '${near}'?)`
+        : `; known: ${[...engines.keys()].join(", ") || "none"}`;
+      throw new PipelineError(
+        `load: the engine file needs backend '${name}', which rankflow does not have${hint}`,
+        at,
+      );
+    }
+    return engine.backend(engine.options.parse({}));
+  };
+}
+
+function sortByPlace(issues: PipelineIssue[]): PipelineIssue[] {
+  const key = (issue: PipelineIssue) => issue.at ? issue.at.line * 1e6 + issue.at.column : 0;
+  return issues.map((issue, order) => ({ issue, order }))
+    .sort((a, b) => key(a.issue) - key(b.issue) || a.order - b.order)
+    .map(({ issue }) => issue);
+}
+
+function formatMs(ms: number): string {
+  return `${ms < 10 ? ms.toFixed(1) : Math.round(ms)} ms`.padStart(9);
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,137 @@
+// runPipeline end to end on the tiny Llama fixture, and the errors that only running finds.
+
+import { deepStrictEqual, ok, strictEqual } from "node:assert";
+import { join } from "node:path";
+import { printGraph } from "../../../core/ir/text.ts";
+import { builtinNames, builtinUrl, isModulePath } from "../../../core/pipeline/resolve.ts";
+import { exportAndLower, loadPipeline, runPipeline } from "../../../core/pipeline/runner.ts";
+import { fixture, modelFixture, pipelineErrorOf, writePipeline } from "./helpers.ts";
+
+const MODEL = modelFixture("tiny-llama");
+const ORACLE = JSON.parse(await Deno.readTextFile(join(MODEL, "oracle.json")));
+
+Deno.test("a pipeline runs export, lower, compile, save, load and serve, one timed line each", async () => {
+  const path = await writePipeline(
+    [
+      `name: tiny`,
+      `export: { use: hf, path: ${MODEL} }`,
+      `lower:`,
+      `  - use: ${fixture("identity_pass.ts")}`,
+      `  - use: fuse-distributed-ops`,
+      `compile: { use: cpu, dtype: f32 }`,
+      `save: { use: engine-file, dir: ./engines }`,
+      `load: { use: engine-file, dir: ./engines }`,
+      `serve: { use: generate, ids: ${JSON.stringify(ORACLE.prompt_ids)}, max_tokens: 8 }`,
+    ].join("\n"),
+  );
+  const lines: string[] = [];
+  await runPipeline(await loadPipeline(path), { log: (line) => lines.push(line) });
+
+  const timed = lines.filter((line) => / ms$/.test(line)).map((line) =>
+    line.trim().split(/\s+/).slice(0, 2).join(" ")
+  );
+  deepStrictEqual(timed.slice(0, -1), [
+    "export hf",
+    "lower identity",
+    "lower fuse-distributed-ops",
+    "compile cpu",
+    "save engine-file",
+    "load engine-file",
+    "serve generate",
+  ]);
+  ok(/^ {2}total +\d+(\.\d)? ms$/.test(lines.at(-1)!), lines.at(-1));
+  ok(/^ {2}export {3}hf +\d+(\.\d)? ms$/.test(lines.find((line) => line.includes("export"))!));
+  ok(lines.includes(`ids: ${JSON.stringify(ORACLE.greedy_ids.slice(0, 8))}`), lines.join("\n"));
+  ok(lines.some((line) => /^8 tokens in [\d.]+ s \([\d.]+ tokens\/s\)$/.test(line)));
+  const saved = [...Deno.readDirSync(join(path, "..", "engines"))].map((entry) => entry.name).sort();
+  deepStrictEqual(saved, ["manifest.json", "rank-0.engine"]);
+});
+
+Deno.test("a pipeline may start at load: a saved set serves a prompt without the checkpoint", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "rankflow-load-first-" });
+  const model = join(dir, "model");
+  const saving = await writePipeline([
+    `export: { use: hf, path: ${model}, init: { preset: tiny-llama, seed: 3 } }`,
+    `compile: { use: cpu }`,
+    `save: { use: engine-file, dir: ${join(dir, "engines")} }`,
+    `serve: { use: generate, prompt: "hello", max_tokens: 6 }`,
+  ].join("\n"));
+  const first: string[] = [];
+  await runPipeline(await loadPipeline(saving), { log: (line) => first.push(line) });
+  await Deno.remove(model, { recursive: true });
+  const loading = await writePipeline([
+    `load: { use: engine-file, dir: ${join(dir, "engines")} }`,
+    `serve: { use: generate, prompt: "hello", max_tokens: 6 }`,
+  ].join("\n"));
+  const second: string[] = [];
+  await runPipeline(await loadPipeline(loading), { log: (line) => second.push(line) });
+  const ids = (lines: string[]) => lines.find((line) => line.startsWith("ids: "));
+  ok(ids(first), first.join("\n"));
+  strictEqual(ids(second), ids(first));
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("a pass that breaks the graph is named, at its use: line", async () => {
+  const path = await writePipeline(
+    [
+      `export: { use: hf, path: ${MODEL} }`,
+      `lower:`,
+      `  - use: ${fixture("identity_pass.ts")}`,
+      `  - use: ${fixture("broken_pass.ts")}`,
+      `compile: { use: cpu }`,
+      `serve: { use: generate, ids: [1] }`,
+    ].join("\n"),
+  );
+  const pipeline = await loadPipeline(path);
+  const error = await pipelineErrorOf(() => runPipeline(pipeline, { log: () => {} }));
+  ok(error.message.startsWith(`${path}:4:10: lower.1 (drop-first-node) broke the graph: `), error.message);
+});
+
+Deno.test("a world bigger than one rank validates but does not run yet", async () => {
+  const path = await writePipeline(
+    [
+      `world: { tp: 2, dp: 1 }`,
+      `export: { use: hf, path: ${MODEL} }`,
+      `compile: { use: cpu }`,
+      `serve: { use: generate, ids: [1] }`,
+    ].join("\n"),
+  );
+  const pipeline = await loadPipeline(path);
+  const error = await pipelineErrorOf(() => runPipeline(pipeline, { log: () => {} }));
+  strictEqual(
+    error.message,
+    `${path}:1:8: world: tp: 2, dp: 1 is not yet supported; only tp: 1, dp: 1 runs for now`,
+  );
+});
+
+Deno.test("exportAndLower gives the graph after the passes, or before them", async () => {
+  const path = await writePipeline(
+    [
+      `export: { use: hf, path: ${MODEL} }`,
+      `lower:`,
+      `  - use: ${fixture("identity_pass.ts")}`,
+      `compile: { use: cpu }`,
+      `serve: { use: generate, ids: [1] }`,
+    ].join("\n"),
+  );
+  const pipeline = await loadPipeline(path);
+  const after = await exportAndLower(pipeline);
+  using _after = after.exported;
+  const before = await exportAndLower(pipeline, { lower: false });
+  using _before = before.exported;
+  strictEqual(before.graph, before.exported.graph);
+  ok(after.graph !== after.exported.graph);
+  strictEqual(printGraph(after.graph), printGraph(before.graph));
+});
+
+Deno.test("built-in names come from the plugin folders; `-` in a name is `_` in the file", async () => {
+  ok((await builtinNames("compile"))?.includes("cpu"));
+  ok((await builtinNames("save"))?.includes("engine-file"));
+  ok(
+    builtinUrl("lower", "fuse-distributed-ops").pathname.endsWith("/plugins/passes/fuse_distributed_ops.ts"),
+  );
+  deepStrictEqual(
+    ["./x.ts", "../x", "/abs/x", "x.ts", "cpu", "engine-file"].map(isModulePath),
+    [true, true, true, true, false, false],
+  );
+});
