@@ -1,45 +1,10 @@
 // Process groups whose members live in one process: simulated ranks for tests, where every
 // sharding plan can be checked without processes, sockets or GPUs.
 
-import type { Reduction } from "../ir/ops/collective.ts";
 import { concatTensors, sliceTensor } from "../ir/ops/shape.ts";
-import { castTensor, isFloat, type Tensor, tensor, toF32 } from "../ir/tensor.ts";
+import { type Tensor, tensor } from "../ir/tensor.ts";
+import { reduceTensors } from "./reduce.ts";
 import { DistError, type ProcessGroup } from "./group.ts";
-
-/** Combines every member's tensor elementwise; floats in f32, the result in the input dtype. */
-export function reduceTensors(tensors: Tensor[], reduce: Reduction): Tensor {
-  const first = tensors[0];
-  for (const t of tensors) {
-    if (t.dtype !== first.dtype || t.shape.join() !== first.shape.join()) {
-      throw new DistError(
-        `collective: members disagree: ${first.dtype}[${first.shape}] vs ${t.dtype}[${t.shape}]`,
-      );
-    }
-  }
-  const values = tensors.map((
-    t,
-  ) => (isFloat(t.dtype) ? toF32(t) : Float64Array.from(t.data as ArrayLike<number>, Number)));
-  const out = new Float64Array(values[0].length);
-  for (let i = 0; i < out.length; i++) {
-    let acc = values[0][i];
-    for (let m = 1; m < values.length; m++) {
-      const v = values[m][i];
-      acc = reduce === "max" ? Math.max(acc, v) : reduce === "min" ? Math.min(acc, v) : acc + v;
-    }
-    out[i] = reduce === "avg" ? acc / values.length : acc;
-  }
-  if (isFloat(first.dtype)) {
-    return castTensor(tensor("f32", first.shape, Float32Array.from(out)), first.dtype);
-  }
-  if (first.dtype === "i64") {
-    return tensor(
-      "i64",
-      first.shape,
-      BigInt64Array.from(out, (v) => BigInt(Math.trunc(v))),
-    );
-  }
-  return tensor("i32", first.shape, Int32Array.from(out, Math.trunc));
-}
 
 /** Makes `size` groups that meet in memory: member i's operations pair with the others' i-th. */
 export function memoryGroups(size: number, name = "world", ranks?: number[]): ProcessGroup[] {
@@ -65,13 +30,13 @@ export function memoryGroups(size: number, name = "world", ranks?: number[]): Pr
     size,
     ranks: ranks ?? Array.from({ length: size }, (_, i) => i),
     async allReduce(t, reduce) {
-      return reduceTensors(await exchange(member, t), reduce);
+      return reduceTensors(checked(await exchange(member, t)), reduce);
     },
     async allGather(t, axis) {
       return concatTensors(await exchange(member, t), axis);
     },
     async reduceScatter(t, axis, reduce) {
-      const sum = reduceTensors(await exchange(member, t), reduce);
+      const sum = reduceTensors(checked(await exchange(member, t)), reduce);
       const share = sum.shape[axis] / size;
       if (!Number.isInteger(share)) {
         throw new DistError(`reduce_scatter: axis ${axis} of [${sum.shape}] does not split ${size} ways`);
@@ -85,4 +50,16 @@ export function memoryGroups(size: number, name = "world", ranks?: number[]): Pr
       await exchange(member, tensor("i32", [0]));
     },
   }));
+}
+
+function checked(tensors: Tensor[]): Tensor[] {
+  const first = tensors[0];
+  for (const t of tensors) {
+    if (t.dtype !== first.dtype || t.shape.join() !== first.shape.join()) {
+      throw new DistError(
+        `collective: members disagree: ${first.dtype}[${first.shape}] vs ${t.dtype}[${t.shape}]`,
+      );
+    }
+  }
+  return tensors;
 }
