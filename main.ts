@@ -12,6 +12,9 @@ import type { Engine } from "./core/runtime/engine.ts";
 import { generateGreedy, logitsOf } from "./core/runtime/generate.ts";
 import cpu from "./plugins/engines/cpu.ts";
 import hf from "./plugins/export/hf.ts";
+import { runOnRanks, tensorParallelRankEngine } from "./plugins/launch/tensor_parallel_ranks.ts";
+import { shardGraph } from "./plugins/passes/tensor_parallel.ts";
+import { hasRankEnv, readRankEnv } from "./core/dist/env.ts";
 import { initModel, type Preset, PRESETS } from "./plugins/export/hf_random.ts";
 
 const PROGRAM_HELP = `rankflow: compile a model into inference engines and run them, from a YAML pipeline
@@ -96,34 +99,41 @@ const commands: Record<string, Command> = {
     },
   },
   logits: {
-    usage: "rankflow logits DIR --ids 5,17,42",
+    usage: "rankflow logits DIR --ids 5,17,42 [--tp N]",
     help: `Exports the Hugging Face checkpoint in DIR in f32, builds a cpu engine and prints\n` +
       `{"logits": [[…], …]}: one row of vocabulary logits per given id.\n\n` +
-      `  --ids IDS  comma-separated token ids`,
-    options: { ids: { type: "string" } },
+      `  --ids IDS  comma-separated token ids\n` +
+      `  --tp N     compute with N tensor-parallel rank processes (default 1)`,
+    options: { ids: { type: "string" }, tp: { type: "string", default: "1" } },
     positionals: 1,
     async run([dir], values) {
       const ids = parseIds(values.ids);
-      using exported = await exportCheckpoint(dir, "f32");
-      using engine = await cpuEngine(exported);
-      console.log(JSON.stringify({ logits: await logitsOf(engine, ids) }));
+      await onRanks(values, ["logits", dir, "--ids", ids.join(",")], async (engine) => ({
+        logits: await logitsOf(engine, ids),
+      }));
     },
   },
   generate: {
-    usage: "rankflow generate DIR --ids 5,17,42 [--max-tokens 16]",
+    usage: "rankflow generate DIR --ids 5,17,42 [--max-tokens 16] [--tp N]",
     help: `Greedy generation on a cpu engine from the checkpoint in DIR (f32); prints {"ids": […]},\n` +
       `the new ids only.\n\n` +
       `  --ids IDS         comma-separated prompt token ids\n` +
-      `  --max-tokens N    how many tokens to generate (default 16)`,
-    options: { ids: { type: "string" }, "max-tokens": { type: "string", default: "16" } },
+      `  --max-tokens N    how many tokens to generate (default 16)\n` +
+      `  --tp N            compute with N tensor-parallel rank processes (default 1)`,
+    options: {
+      ids: { type: "string" },
+      "max-tokens": { type: "string", default: "16" },
+      tp: { type: "string", default: "1" },
+    },
     positionals: 1,
     async run([dir], values) {
       const ids = parseIds(values.ids);
       const maxTokens = parseCount(String(values["max-tokens"]), "--max-tokens");
-      using exported = await exportCheckpoint(dir, "f32");
-      using engine = await cpuEngine(exported);
-      const [generated] = await generateGreedy(engine, [ids], { maxTokens });
-      console.log(JSON.stringify({ ids: generated }));
+      const args = ["generate", dir, "--ids", ids.join(","), "--max-tokens", String(maxTokens)];
+      await onRanks(values, args, async (engine) => {
+        const [generated] = await generateGreedy(engine, [ids], { maxTokens });
+        return { ids: generated };
+      });
     },
   },
   "init-model": {
@@ -170,6 +180,35 @@ function parseCount(text: string, flag: string, least = 1): number {
     throw new UsageError(`${flag}: expected an integer >= ${least}, got ${JSON.stringify(text)}`);
   }
   return value;
+}
+
+/**
+ * Computes `work` on a cpu engine of the checkpoint and prints its JSON: in this process, or with
+ * --tp N over N rank processes (this process then starts them, and each rank runs this again).
+ */
+async function onRanks(
+  values: Record<string, unknown>,
+  args: string[],
+  work: (engine: Engine) => Promise<unknown>,
+): Promise<void> {
+  const tp = parseCount(String(values.tp), "--tp");
+  const dir = args[1];
+  if (tp > 1 && !hasRankEnv()) {
+    // A plan that does not fit the model fails here, before any rank starts.
+    using exported = await exportCheckpoint(dir, "f32");
+    shardGraph(exported.graph, { plan: "auto", group: "tp" }, { rank: 0, size: tp });
+    writeOut(await runOnRanks(tp, [...args, "--tp", String(tp)]) + "\n");
+    return;
+  }
+  using exported = await exportCheckpoint(dir, "f32");
+  if (tp === 1) {
+    using engine = await cpuEngine(exported);
+    console.log(JSON.stringify(await work(engine)));
+    return;
+  }
+  await using engine = await tensorParallelRankEngine(exported, tp);
+  const result = await work(engine);
+  if (readRankEnv().rank === 0) console.log(JSON.stringify(result));
 }
 
 /** The checkpoint's graph and weights through the hf export; its progress goes to stderr. */
@@ -257,7 +296,9 @@ export async function main(argv: string[]): Promise<number> {
     await command.run(positionals, values);
     return 0;
   } catch (error) {
-    if (error instanceof UsageError || (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
+    if (
+      error instanceof UsageError || String((error as { code?: unknown }).code).startsWith("ERR_PARSE_ARGS")
+    ) {
       console.error(`error: ${(error as Error).message}\nusage: ${command.usage}`);
       return 2;
     }
