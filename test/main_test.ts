@@ -98,7 +98,7 @@ Deno.test("usage mistakes exit 2 with the command's usage", async () => {
   strictEqual(noIds.code, 2);
   strictEqual(
     noIds.stderr,
-    "error: --ids is required, e.g. --ids 5,17,42\nusage: rankflow logits DIR --ids 5,17,42\n",
+    "error: --ids is required, e.g. --ids 5,17,42\nusage: rankflow logits DIR --ids 5,17,42 [--tp N]\n",
   );
 });
 
