@@ -48,7 +48,10 @@ Deno.test("add and mul broadcast like numpy", () => {
   const [product] = run("mul", [f32([2, 1], [2, 3]), f32([1, 3], [1, 2, 3])]);
   deepStrictEqual(product.shape, [2, 3]);
   deepStrictEqual([...toF32(product)], [2, 4, 6, 3, 6, 9]);
-  throws(() => getOp("add").infer([{ dtype: "f32", shape: [2, 3] }, { dtype: "f32", shape: [4] }], {}), OpError);
+  throws(
+    () => getOp("add").infer([{ dtype: "f32", shape: [2, 3] }, { dtype: "f32", shape: [4] }], {}),
+    OpError,
+  );
 });
 
 Deno.test("softmax, rmsnorm and layernorm match hand-computed values", () => {
@@ -89,8 +92,15 @@ Deno.test("rope leaves position 0 unchanged and rotates pairs of halves", () => 
   const o = toF32(out);
   close(o.subarray(0, 4), xs.subarray(0, 4));
   // position 1, pair 0 turns by 1 radian; pair 1 by 1/100 radian
-  close([o[4], o[6]], [xs[4] * Math.cos(1) - xs[6] * Math.sin(1), xs[6] * Math.cos(1) + xs[4] * Math.sin(1)], 1e-6);
-  close([o[5], o[7]], [xs[5] * Math.cos(0.01) - xs[7] * Math.sin(0.01), xs[7] * Math.cos(0.01) + xs[5] * Math.sin(0.01)], 1e-6);
+  close(
+    [o[4], o[6]],
+    [xs[4] * Math.cos(1) - xs[6] * Math.sin(1), xs[6] * Math.cos(1) + xs[4] * Math.sin(1)],
+    1e-6,
+  );
+  close([o[5], o[7]], [
+    xs[5] * Math.cos(0.01) - xs[7] * Math.sin(0.01),
+    xs[7] * Math.cos(0.01) + xs[5] * Math.sin(0.01),
+  ], 1e-6);
 });
 
 Deno.test("sdpa over a cache gives what attention over the whole sequence gives", () => {
@@ -101,7 +111,8 @@ Deno.test("sdpa over a cache gives what attention over the whole sequence gives"
   const empty = f32([1, 2, 0, 8]);
   const [whole, presentK, presentV] = run("sdpa", [q, k, v, empty, empty]);
   deepStrictEqual(presentK.shape, [1, 2, 5, 8]);
-  const part = (t: Tensor, from: number, to: number) => run("slice", [t], { axis: 2, start: from, end: to })[0];
+  const part = (t: Tensor, from: number, to: number) =>
+    run("slice", [t], { axis: 2, start: from, end: to })[0];
   const [first, pastK, pastV] = run("sdpa", [part(q, 0, 3), part(k, 0, 3), part(v, 0, 3), empty, empty]);
   const [second] = run("sdpa", [part(q, 3, 5), part(k, 3, 5), part(v, 3, 5), pastK, pastV]);
   const [joined] = run("concat", [first, second], { axis: 2 });
@@ -121,7 +132,10 @@ Deno.test("shape ops move elements as numpy does", () => {
   const [ids] = run("embedding", [f32([3, 2], [0, 1, 2, 3, 4, 5]), i32([2], [2, 0])]);
   deepStrictEqual([...toF32(ids)], [4, 5, 0, 1]);
   throws(() => run("embedding", [f32([3, 2]), i32([1], [3])]), /outside the table/);
-  throws(() => getOp("slice").infer([{ dtype: "f32", shape: [2, 3] }], { axis: 1, start: 2, end: 5 }), OpError);
+  throws(
+    () => getOp("slice").infer([{ dtype: "f32", shape: [2, 3] }], { axis: 1, start: 2, end: 5 }),
+    OpError,
+  );
 });
 
 Deno.test("symbolic sizes flow through shape rules and bind at run time", () => {
@@ -144,9 +158,19 @@ Deno.test("collectives are identities over one rank and refuse to run over sever
     deepStrictEqual(run(op, [x], { group: "tp", size: 1, axis: 0 })[0], x);
   }
   throws(() => run("fused_all_reduce", [x], { group: "tp", size: 2 }), /between segments/);
-  deepStrictEqual(getOp("all_gather").infer([{ dtype: "f32", shape: ["seq", 4] }], { group: "tp", size: 2, axis: 1 })[0].shape, ["seq", 8]);
-  deepStrictEqual(getOp("reduce_scatter").infer([{ dtype: "f32", shape: [6] }], { group: "tp", size: 3, axis: 0 })[0].shape, [2]);
-  throws(() => getOp("reduce_scatter").infer([{ dtype: "f32", shape: [5] }], { group: "tp", size: 2, axis: 0 }), /does not divide/);
+  deepStrictEqual(
+    getOp("all_gather").infer([{ dtype: "f32", shape: ["seq", 4] }], { group: "tp", size: 2, axis: 1 })[0]
+      .shape,
+    ["seq", 8],
+  );
+  deepStrictEqual(
+    getOp("reduce_scatter").infer([{ dtype: "f32", shape: [6] }], { group: "tp", size: 3, axis: 0 })[0].shape,
+    [2],
+  );
+  throws(
+    () => getOp("reduce_scatter").infer([{ dtype: "f32", shape: [5] }], { group: "tp", size: 2, axis: 0 }),
+    /does not divide/,
+  );
 });
 
 Deno.test("an unknown op names the closest known one", () => {

@@ -50,5 +50,7 @@ Deno.test("text errors name the line and what is wrong", () => {
     ["graph g {\n  input %x: f32[2]\n  return %x\n", /not closed/],
     ["graph g {\n  input %x: f32[2]\n  input %x: f32[2]\n}", /line 3.*defined twice/],
   ];
-  for (const [text, message] of cases) throws(() => parseGraph(text), (e: Error) => e instanceof IrError && message.test(e.message));
+  for (const [text, message] of cases) {
+    throws(() => parseGraph(text), (e: Error) => e instanceof IrError && message.test(e.message));
+  }
 });
