@@ -16,6 +16,7 @@ import { runOnRanks, tensorParallelRankEngine } from "./plugins/launch/tensor_pa
 import { shardGraph } from "./plugins/passes/tensor_parallel.ts";
 import { hasRankEnv, readRankEnv } from "./core/dist/env.ts";
 import { initModel, type Preset, PRESETS } from "./plugins/export/hf_random.ts";
+import { isDirectory } from "./core/runtime/files.ts";
 
 const PROGRAM_HELP = `rankflow: compile a model into inference engines and run them, from a YAML pipeline
 
@@ -84,7 +85,7 @@ const commands: Record<string, Command> = {
     },
     positionals: 1,
     async run([source], values) {
-      if (await isDirectory(source)) {
+      if (isDirectory(source)) {
         using exported = await exportCheckpoint(source, String(values.dtype));
         writeOut(printGraph(exported.graph));
         return;
@@ -225,16 +226,6 @@ function cpuEngine(exported: ExportedModel): Promise<Engine> {
   const { graph, weights } = exported;
   return cpu.backend(cpu.options.parse({})).build(graph, readGraphWeights(graph, weights));
 }
-
-async function isDirectory(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isDirectory;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
-}
-
 function writeOut(text: string): void {
   const bytes = new TextEncoder().encode(text);
   let written = 0;

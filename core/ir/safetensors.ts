@@ -4,7 +4,7 @@
 
 import { join } from "node:path";
 import type { WeightSlice } from "./graph.ts";
-import { BYTES_PER_ELEMENT, type DType, numel, type Tensor, tensor, type TensorData } from "./tensor.ts";
+import { BYTES_PER_ELEMENT, type DType, numel, type Tensor, tensor, viewOf } from "./tensor.ts";
 import type { WeightInfo, WeightStore } from "./weights.ts";
 
 export class WeightError extends Error {
@@ -114,7 +114,7 @@ export class SafetensorsFile implements WeightStore {
         }
       }
     }
-    return tensor(entry.dtype, shape, typedView(entry.dtype, out.buffer));
+    return tensor(entry.dtype, shape, viewOf(entry.dtype, out.buffer));
   }
 
   [Symbol.dispose](): void {
@@ -213,21 +213,6 @@ function rowMajorStrides(shape: number[]): number[] {
   const strides = new Array(shape.length).fill(1);
   for (let i = shape.length - 2; i >= 0; i--) strides[i] = strides[i + 1] * shape[i + 1];
   return strides;
-}
-
-/** Safetensors data is little-endian, as are the hosts Deno runs on, so bytes are viewed as is. */
-function typedView(dtype: DType, buffer: ArrayBuffer): TensorData {
-  switch (dtype) {
-    case "f32":
-      return new Float32Array(buffer);
-    case "f16":
-    case "bf16":
-      return new Uint16Array(buffer);
-    case "i32":
-      return new Int32Array(buffer);
-    case "i64":
-      return new BigInt64Array(buffer);
-  }
 }
 
 /** A checkpoint directory: model.safetensors, or model.safetensors.index.json and its shards. */

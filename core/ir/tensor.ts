@@ -34,18 +34,23 @@ export function numel(shape: readonly number[]): number {
   return n;
 }
 
-export function allocate(dtype: DType, count: number): TensorData {
+/** The elements of `buffer` as the typed array of `dtype` (little-endian, as Deno's hosts are). */
+export function viewOf(dtype: DType, buffer: ArrayBuffer): TensorData {
   switch (dtype) {
     case "f32":
-      return new Float32Array(count);
+      return new Float32Array(buffer);
     case "f16":
     case "bf16":
-      return new Uint16Array(count);
+      return new Uint16Array(buffer);
     case "i32":
-      return new Int32Array(count);
+      return new Int32Array(buffer);
     case "i64":
-      return new BigInt64Array(count);
+      return new BigInt64Array(buffer);
   }
+}
+
+export function allocate(dtype: DType, count: number): TensorData {
+  return viewOf(dtype, new ArrayBuffer(count * BYTES_PER_ELEMENT[dtype]));
 }
 
 export function tensor(dtype: DType, shape: number[], data?: TensorData): Tensor {

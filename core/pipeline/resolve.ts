@@ -8,6 +8,7 @@ import { closestName } from "../ir/registry.ts";
 import { PipelineError, type SourceLocation } from "./errors.ts";
 import { type Plugin, PLUGIN_KINDS, type PluginKind } from "./plugin.ts";
 import type { StageName } from "./schema.ts";
+import { isFile } from "../runtime/files.ts";
 
 /** The plugin kind each stage takes. */
 export const STAGE_KINDS = {
@@ -89,7 +90,7 @@ export async function resolvePlugin<S extends StageName>(
   let url: URL;
   if (isModulePath(use)) {
     url = pathToFileURL(resolvePath(options.baseDir, use));
-    if (!(await fileExists(url))) {
+    if (!isFile(url)) {
       throw new PipelineError(`${stage}: module ${use} does not exist (looked for ${url.pathname})`, at);
     }
   } else {
@@ -163,13 +164,4 @@ function isSchema(value: unknown): boolean {
 
 function article(word: string): string {
   return /^[aeiou]/.test(word) ? "an" : "a";
-}
-
-async function fileExists(url: URL): Promise<boolean> {
-  try {
-    return (await Deno.stat(url)).isFile;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
 }

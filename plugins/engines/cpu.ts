@@ -6,7 +6,15 @@ import { z } from "zod";
 import { definePlugin } from "../../core/pipeline/plugin.ts";
 import { type Graph, type GraphInput, withFloatDtype } from "../../core/ir/graph.ts";
 import { getOp, hasOp } from "../../core/ir/registry.ts";
-import { castTensor, type DType, type Tensor, tensor } from "../../core/ir/tensor.ts";
+import {
+  BYTES_PER_ELEMENT,
+  castTensor,
+  type DType,
+  numel,
+  type Tensor,
+  tensor,
+  viewOf,
+} from "../../core/ir/tensor.ts";
 import { parseGraph, printGraph } from "../../core/ir/text.ts";
 import { interpret } from "../../core/runtime/interpreter.ts";
 import { type Engine, type EngineBackend, EngineError } from "../../core/runtime/engine.ts";
@@ -129,10 +137,9 @@ function decodePayload(payload: Uint8Array): { graph: Graph; weights: Map<string
   const start = Math.ceil(head / 8) * 8;
   const weights = new Map<string, Tensor>();
   for (const entry of entries) {
-    const template = tensor(entry.dtype, entry.shape);
-    const bytes = payload.slice(start + entry.offset, start + entry.offset + template.data.byteLength);
-    const Kind = template.data.constructor as new (buffer: ArrayBuffer) => typeof template.data;
-    weights.set(entry.name, tensor(entry.dtype, entry.shape, new Kind(bytes.buffer)));
+    const bytes = numel(entry.shape) * BYTES_PER_ELEMENT[entry.dtype];
+    const copy = payload.slice(start + entry.offset, start + entry.offset + bytes);
+    weights.set(entry.name, tensor(entry.dtype, entry.shape, viewOf(entry.dtype, copy.buffer)));
   }
   return { graph, weights };
 }

@@ -5,6 +5,7 @@
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { join } from "node:path";
 import type { Tokenizer } from "../../core/runtime/tokenizer.ts";
+import { isFile } from "../../core/runtime/files.ts";
 
 /** GPT-2's printable stand-in for each byte, the alphabet of byte-level BPE vocabularies. */
 export function byteAlphabet(): string[] {
@@ -50,7 +51,7 @@ export function loadTokenizer(dir: string): Tokenizer {
     "tokenizer.json": Deno.readTextFileSync(join(dir, "tokenizer.json")),
   };
   const configPath = join(dir, "tokenizer_config.json");
-  if (existsFile(configPath)) files["tokenizer_config.json"] = Deno.readTextFileSync(configPath);
+  if (isFile(configPath)) files["tokenizer_config.json"] = Deno.readTextFileSync(configPath);
   const json = JSON.parse(files["tokenizer.json"]);
   const config = files["tokenizer_config.json"] ? JSON.parse(files["tokenizer_config.json"]) : {};
   const tokenizer = new HfTokenizer(json, config);
@@ -64,13 +65,4 @@ export function loadTokenizer(dir: string): Tokenizer {
         ? ""
         : tokenizer.decode(ids, { skip_special_tokens: false, clean_up_tokenization_spaces: cleanUp }),
   };
-}
-
-function existsFile(path: string): boolean {
-  try {
-    return Deno.statSync(path).isFile;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
 }

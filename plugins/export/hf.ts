@@ -11,6 +11,7 @@ import { SafetensorsStore } from "../../core/ir/safetensors.ts";
 import type { WeightStore } from "../../core/ir/weights.ts";
 import { loadTokenizer } from "./byte_tokenizer.ts";
 import { initModel, PRESETS } from "./hf_random.ts";
+import { isFile } from "../../core/runtime/files.ts";
 
 export const options = z.object({
   path: z.string().describe(
@@ -396,13 +397,4 @@ function buildGpt2(config: DecoderConfig, store: WeightStore, dtype: DType, dir:
   x = norm(x, `${root}ln_f`);
   const head = config.tied ? wte : b.checked("lm_head.weight", [vocab, hidden]);
   return b.finishWithCaches(b.op1("linear", [x, head], {}, "logits"));
-}
-
-function isFile(path: string): boolean {
-  try {
-    return Deno.statSync(path).isFile;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
 }

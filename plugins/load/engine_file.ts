@@ -6,22 +6,13 @@ import { z } from "zod";
 import { definePlugin } from "../../core/pipeline/plugin.ts";
 import { loadRankEngine } from "../../core/runtime/manifest.ts";
 import { loadTokenizer } from "../export/byte_tokenizer.ts";
+import { isFile } from "../../core/runtime/files.ts";
 
 export const options = z.object({
   dir: z.string().describe(
     "folder holding manifest.json and the engine files, relative to the pipeline file",
   ),
 }).strict();
-
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
-}
-
 export default definePlugin({
   kind: "load",
   name: "engine-file",
@@ -30,7 +21,7 @@ export default definePlugin({
   async load(opts: z.infer<typeof options>, ctx) {
     const dir = resolve(ctx.baseDir, opts.dir);
     const { engine, manifest } = await loadRankEngine(dir, ctx.rank, ctx.worldSize, ctx.backends);
-    const tokenizer = await isFile(join(dir, "tokenizer.json")) ? loadTokenizer(dir) : undefined;
+    const tokenizer = isFile(join(dir, "tokenizer.json")) ? loadTokenizer(dir) : undefined;
     return { engine, model: manifest.model, tokenizer };
   },
 });
