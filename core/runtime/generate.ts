@@ -4,24 +4,11 @@
 //   inputs  ids: i32[batch, seq], pos: i32[seq], past_k.<layer>, past_v.<layer>: [batch, kv, past, head_dim]
 //   outputs logits: [batch, seq, vocab], present_k.<layer>, present_v.<layer>: [batch, kv, past+seq, head_dim]
 
-import { i32, type Tensor, tensor, toF32 } from "../ir/tensor.ts";
+import { i32, type Tensor, toF32 } from "../ir/tensor.ts";
 import { type Engine, EngineError } from "./engine.ts";
+import { emptyCaches, openSequences } from "./sequences.ts";
 
-/** Caches of length zero for every `past…` input of the engine. */
-export function emptyCaches(engine: Engine, batch: number): Record<string, Tensor> {
-  const caches: Record<string, Tensor> = {};
-  for (const input of engine.inputs) {
-    if (!input.name.startsWith("past_")) continue;
-    const shape = input.type.shape.map((dim) => {
-      if (dim === "batch") return batch;
-      if (dim === "past") return 0;
-      if (typeof dim === "number") return dim;
-      throw new EngineError(`cache input ${input.name} has an unexpected symbolic size ${dim}`);
-    });
-    caches[input.name] = tensor(input.type.dtype, shape);
-  }
-  return caches;
-}
+export { emptyCaches };
 
 /** Runs ids[batch][seq] at positions start… and returns the logits and the grown caches. */
 export async function step(
@@ -70,29 +57,31 @@ export function lastArgmax(logits: Tensor): number[] {
 
 export interface GreedyOptions {
   maxTokens: number;
-  /** Called with each step's new token per batch row, for streaming output. */
+  /** Called with each step's new token per prompt, for streaming output. */
   onToken?: (tokens: number[]) => void;
 }
 
-/** Greedy decoding of equally long prompts; returns the new ids of each row. */
+/** Greedy decoding of a batch of prompts (of any lengths); returns the new ids of each. */
 export async function generateGreedy(
   engine: Engine,
   prompts: number[][],
   options: GreedyOptions,
 ): Promise<number[][]> {
-  if (prompts.length === 0 || prompts[0].length === 0) {
-    throw new EngineError("generation needs a non-empty prompt");
+  if (prompts.length === 0 || prompts.some((prompt) => prompt.length === 0)) {
+    throw new EngineError("generation needs non-empty prompts");
   }
-  let { logits, caches } = await step(engine, prompts, 0, emptyCaches(engine, prompts.length));
+  const longest = Math.max(...prompts.map((prompt) => prompt.length));
+  using pool = openSequences(engine, { slots: prompts.length, maxLength: longest + options.maxTokens });
+  let tokens = await pool.greedy(prompts.map((ids, slot) => ({ slot, ids, start: 0 })));
+  const lengths = prompts.map((prompt) => prompt.length);
   const generated: number[][] = prompts.map(() => []);
-  let position = prompts[0].length;
   for (let n = 0; n < options.maxTokens; n++) {
-    const tokens = lastArgmax(logits);
     tokens.forEach((token, row) => generated[row].push(token));
     options.onToken?.(tokens);
     if (n === options.maxTokens - 1) break;
-    ({ logits, caches } = await step(engine, tokens.map((token) => [token]), position, caches));
-    position++;
+    tokens = await pool.greedy(
+      tokens.map((token, slot) => ({ slot, ids: [token], start: lengths[slot] + n })),
+    );
   }
   return generated;
 }
