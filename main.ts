@@ -6,15 +6,19 @@ import { resolve } from "node:path";
 import { printGraph } from "./core/ir/text.ts";
 import { closestName } from "./core/ir/registry.ts";
 import { readGraphWeights } from "./core/ir/weights.ts";
-import type { ExportedModel, StageContext } from "./core/pipeline/plugin.ts";
+import type { ExportedModel, Replicas, StageContext } from "./core/pipeline/plugin.ts";
 import { exportAndLower, loadPipeline, pipelineStages, runPipeline } from "./core/pipeline/runner.ts";
 import type { Engine } from "./core/runtime/engine.ts";
 import { generateGreedy, logitsOf } from "./core/runtime/generate.ts";
 import cpu from "./plugins/engines/cpu.ts";
 import hf from "./plugins/export/hf.ts";
-import { runOnRanks, tensorParallelRankEngine } from "./plugins/launch/tensor_parallel_ranks.ts";
+import { rankEngine, runOnRanks } from "./plugins/launch/tensor_parallel_ranks.ts";
+import { shareOf } from "./plugins/serve/generate.ts";
+import { onFrontRanks } from "./core/pipeline/ranks.ts";
+import { distributedContext } from "./core/dist/context.ts";
+import { launch } from "./core/dist/launcher.ts";
 import { shardGraph } from "./plugins/passes/tensor_parallel.ts";
-import { hasRankEnv, readRankEnv } from "./core/dist/env.ts";
+import { hasRankEnv } from "./core/dist/env.ts";
 import { initModel, type Preset, PRESETS } from "./plugins/export/hf_random.ts";
 import { isDirectory } from "./core/runtime/files.ts";
 
@@ -28,6 +32,7 @@ commands:
   graph SOURCE        print a model's graph in IR text (a pipeline file, or a checkpoint folder)
   logits DIR          print the logits of a Hugging Face checkpoint for given token ids, as JSON
   generate DIR        greedy-generate from a checkpoint and print the new ids, as JSON
+  launch SCRIPT       run a script once per rank, like torchrun
   init-model DIR      write a random-weight checkpoint to DIR
 
 "rankflow COMMAND --help" describes a command. Set RANKFLOW_DEBUG=1 for stack traces.`;
@@ -39,6 +44,7 @@ interface Command {
   usage: string;
   help: string;
   options: Record<string, { type: "string" | "boolean"; multiple?: boolean; default?: string }>;
+  /** How many positional arguments; -1: one or more. */
   positionals: number;
   run(args: string[], values: Record<string, unknown>): Promise<void>;
 }
@@ -115,25 +121,66 @@ const commands: Record<string, Command> = {
     },
   },
   generate: {
-    usage: "rankflow generate DIR --ids 5,17,42 [--max-tokens 16] [--tp N]",
+    usage: "rankflow generate DIR --ids 5,17,42 [--ids 8,9 ...] [--max-tokens 16] [--tp N] [--dp N]",
     help: `Greedy generation on a cpu engine from the checkpoint in DIR (f32); prints {"ids": […]},\n` +
-      `the new ids only.\n\n` +
-      `  --ids IDS         comma-separated prompt token ids\n` +
+      `the new ids only (one list per prompt when --ids is given more than once).\n\n` +
+      `  --ids IDS         comma-separated prompt token ids; repeat for a batch of prompts\n` +
       `  --max-tokens N    how many tokens to generate (default 16)\n` +
-      `  --tp N            compute with N tensor-parallel rank processes (default 1)`,
+      `  --tp N            split the model over N tensor-parallel rank processes (default 1)\n` +
+      `  --dp N            N data-parallel replicas, each generating a share of the prompts (default 1)`,
     options: {
-      ids: { type: "string" },
+      ids: { type: "string", multiple: true },
       "max-tokens": { type: "string", default: "16" },
       tp: { type: "string", default: "1" },
+      dp: { type: "string", default: "1" },
     },
     positionals: 1,
     async run([dir], values) {
-      const ids = parseIds(values.ids);
+      const prompts = ((values.ids as string[] | undefined) ?? [undefined]).map(parseIds);
       const maxTokens = parseCount(String(values["max-tokens"]), "--max-tokens");
-      const args = ["generate", dir, "--ids", ids.join(","), "--max-tokens", String(maxTokens)];
-      await onRanks(values, args, async (engine) => {
-        const [generated] = await generateGreedy(engine, [ids], { maxTokens });
-        return { ids: generated };
+      const args = ["generate", dir, ...prompts.flatMap((ids) => ["--ids", ids.join(",")])];
+      await onRanks(values, [...args, "--max-tokens", String(maxTokens)], async (engine, replicas) => {
+        const share = shareOf(prompts.length, replicas?.rank ?? 0, replicas?.size ?? 1);
+        const mine = prompts.slice(share.start, share.end);
+        const generated = mine.length > 0 ? await generateGreedy(engine, mine, { maxTokens }) : [];
+        const all = replicas ? await replicas.gather(generated) : [generated];
+        if (!all) return undefined;
+        return { ids: prompts.length === 1 ? all.flat()[0] : all.flat() };
+      });
+    },
+  },
+  launch: {
+    usage:
+      "rankflow launch --nproc-per-node N [--nnodes M --node-rank R --rdzv-endpoint HOST:PORT] SCRIPT [ARGS...]",
+    help:
+      `Runs \`deno run -A SCRIPT ARGS\` once per rank, with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,\n` +
+      `MASTER_PORT and RANKFLOW_TOKEN set, and a rendezvous store on node 0. If a rank fails or the\n` +
+      `job runs past --timeout, every rank is stopped and the failing rank's last lines are shown.\n\n` +
+      `  --nproc-per-node N     ranks on this machine\n` +
+      `  --nnodes M             machines in the job (default 1)\n` +
+      `  --node-rank R          this machine's index, 0..M-1 (default 0)\n` +
+      `  --rdzv-endpoint H:P    node 0's store address; every node gives the same (needed when M > 1)\n` +
+      `  --timeout SECONDS      stop the job after this long (default: no limit)\n\n` +
+      `Across machines every node needs the same RANKFLOW_TOKEN in its environment.`,
+    options: {
+      "nproc-per-node": { type: "string" },
+      nnodes: { type: "string", default: "1" },
+      "node-rank": { type: "string", default: "0" },
+      "rdzv-endpoint": { type: "string" },
+      timeout: { type: "string" },
+    },
+    positionals: -1,
+    async run([script, ...args], values) {
+      if (values["nproc-per-node"] === undefined) throw new UsageError("--nproc-per-node is required");
+      await launch({
+        entry: ["run", "-A", script, ...args],
+        nprocPerNode: parseCount(String(values["nproc-per-node"]), "--nproc-per-node"),
+        nnodes: parseCount(String(values.nnodes), "--nnodes"),
+        nodeRank: parseCount(String(values["node-rank"]), "--node-rank", 0),
+        rdzvEndpoint: values["rdzv-endpoint"] as string | undefined,
+        timeoutSeconds: values.timeout === undefined
+          ? undefined
+          : parseCount(String(values.timeout), "--timeout"),
       });
     },
   },
@@ -185,31 +232,41 @@ function parseCount(text: string, flag: string, least = 1): number {
 
 /**
  * Computes `work` on a cpu engine of the checkpoint and prints its JSON: in this process, or with
- * --tp N over N rank processes (this process then starts them, and each rank runs this again).
+ * --tp/--dp over rank processes (this process then starts them, and each rank runs this again;
+ * the front rank of each replica does the work, its tensor-parallel followers keep in step).
  */
 async function onRanks(
   values: Record<string, unknown>,
   args: string[],
-  work: (engine: Engine) => Promise<unknown>,
+  work: (engine: Engine, replicas: Replicas | undefined) => Promise<unknown>,
 ): Promise<void> {
-  const tp = parseCount(String(values.tp), "--tp");
+  const mesh = {
+    tp: parseCount(String(values.tp), "--tp"),
+    dp: parseCount(String(values.dp ?? "1"), "--dp"),
+  };
+  const ranks = mesh.tp * mesh.dp;
   const dir = args[1];
-  if (tp > 1 && !hasRankEnv()) {
+  const worldArgs = ["--tp", String(mesh.tp), ...(values.dp === undefined ? [] : ["--dp", String(mesh.dp)])];
+  if (ranks > 1 && !hasRankEnv()) {
     // A plan that does not fit the model fails here, before any rank starts.
     using exported = await exportCheckpoint(dir, "f32");
-    shardGraph(exported.graph, { plan: "auto", group: "tp" }, { rank: 0, size: tp });
-    writeOut(await runOnRanks(tp, [...args, "--tp", String(tp)]) + "\n");
+    shardGraph(exported.graph, { plan: "auto", group: "tp" }, { rank: 0, size: mesh.tp });
+    writeOut(await runOnRanks(ranks, [...args, ...worldArgs]) + "\n");
     return;
   }
   using exported = await exportCheckpoint(dir, "f32");
-  if (tp === 1) {
+  if (ranks === 1) {
     using engine = await cpuEngine(exported);
-    console.log(JSON.stringify(await work(engine)));
+    console.log(JSON.stringify(await work(engine, undefined)));
     return;
   }
-  await using engine = await tensorParallelRankEngine(exported, tp);
-  const result = await work(engine);
-  if (readRankEnv().rank === 0) console.log(JSON.stringify(result));
+  const { engine, job } = await rankEngine(exported, mesh);
+  await using _context = await distributedContext(job, engine);
+  let result: unknown;
+  await onFrontRanks(engine, job, async (front, replicas) => {
+    result = await work(front, replicas);
+  });
+  if (job.rank === 0) console.log(JSON.stringify(result));
 }
 
 /** The checkpoint's graph and weights through the hf export; its progress goes to stderr. */
@@ -281,8 +338,9 @@ export async function main(argv: string[]): Promise<number> {
       console.log(`usage: ${command.usage}\n\n${command.help}`);
       return 0;
     }
-    if (positionals.length !== command.positionals) {
-      throw new UsageError(`expected ${command.positionals} argument, got ${positionals.length}`);
+    if (command.positionals === -1 ? positionals.length === 0 : positionals.length !== command.positionals) {
+      const expected = command.positionals === -1 ? "at least 1" : command.positionals;
+      throw new UsageError(`expected ${expected} argument, got ${positionals.length}`);
     }
     await command.run(positionals, values);
     return 0;

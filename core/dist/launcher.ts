@@ -15,8 +15,8 @@ export interface LaunchOptions {
   nodeRank?: number;
   /** `host:port` of the rendezvous store; node 0 listens on its port. Required when nnodes > 1. */
   rdzvEndpoint?: string;
-  /** Wall-clock limit of the whole job; ranks still running then are killed. */
-  timeoutSeconds: number;
+  /** Wall-clock limit of the whole job; ranks still running then are killed. Default: none. */
+  timeoutSeconds?: number;
   /** Extra environment for every rank. */
   env?: Record<string, string>;
   /** The job token, the same on every node. Default: a new one on one node, RANKFLOW_TOKEN on many. */
@@ -86,7 +86,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
   if (!Number.isInteger(nodeRank) || nodeRank < 0 || nodeRank >= nnodes) {
     throw new DistError(`nodeRank ${nodeRank} is outside 0..${nnodes - 1}`);
   }
-  if (!(options.timeoutSeconds > 0)) {
+  if (options.timeoutSeconds !== undefined && !(options.timeoutSeconds > 0)) {
     throw new DistError(`timeoutSeconds must be > 0, got ${options.timeoutSeconds}`);
   }
   if (nnodes > 1 && !options.rdzvEndpoint) {
@@ -166,7 +166,7 @@ export async function launch(options: LaunchOptions): Promise<LaunchResult> {
 /** Waits for every rank; on the first failure, timeout or signal, stops the rest. */
 async function supervise(
   ranks: Rank[],
-  timeoutSeconds: number,
+  timeoutSeconds: number | undefined,
   graceSeconds: number,
 ): Promise<Failure | undefined> {
   let failure: Failure | undefined;
@@ -177,10 +177,10 @@ async function supervise(
       for (const entry of ranks) if (!entry.exit) kill(entry, "SIGKILL");
     }, graceSeconds * 1000);
   };
-  const timeoutTimer = setTimeout(() => {
+  const timeoutTimer = timeoutSeconds === undefined ? undefined : setTimeout(() => {
     failure ??= { kind: "timeout", running: ranks.filter((entry) => !entry.exit).map((entry) => entry.rank) };
     stop("SIGTERM");
-  }, timeoutSeconds * 1000);
+  }, timeoutSeconds! * 1000);
   const forward = (signal: Deno.Signal) => () => {
     failure ??= { kind: "signal", signal };
     stop(signal);
@@ -207,7 +207,7 @@ function failureError(
   failure: Failure,
   ranks: Rank[],
   exits: RankExit[],
-  timeoutSeconds: number,
+  timeoutSeconds: number | undefined,
 ): LaunchError {
   const tail = (rank: number) => ranks.find((entry) => entry.rank === rank)!.stderrTail;
   const withTail = (headline: string, rank: number) => {

@@ -6,6 +6,8 @@ import type { Graph } from "../ir/graph.ts";
 import type { WeightStore } from "../ir/weights.ts";
 import type { Engine, EngineBackend } from "../runtime/engine.ts";
 import type { Tokenizer } from "../runtime/tokenizer.ts";
+import type { CollectiveBackend, Mesh } from "../dist/group.ts";
+import type { BackendInit, JobChannel } from "../dist/context.ts";
 
 export const PLUGIN_KINDS = [
   "export",
@@ -27,6 +29,10 @@ export interface StageContext {
   worldSize: number;
   /** Prints a line on the controller's terminal, prefixed with the rank where there are several. */
   log(message: string): void;
+  /** The dp × tp shape of the job (one replica of one rank when there is no job). */
+  mesh?: Mesh;
+  /** Where there are several ranks: the way to gather values from them and agree with them. */
+  job?: JobChannel;
 }
 
 /** What a pass may know: the stage context plus the target engine's abilities. */
@@ -101,13 +107,29 @@ export interface LoadPlugin<O extends z.ZodType = z.ZodType> extends PluginBase<
 export interface ServeContext extends StageContext {
   model: ModelInfo;
   tokenizer?: Tokenizer;
+  /** Where there are several data-parallel replicas: which one serves here, and the way to the others. */
+  replicas?: Replicas;
+}
+
+/** The data-parallel replicas of a job, as the front rank of one of them sees them. */
+export interface Replicas {
+  rank: number;
+  size: number;
+  /** Every replica calls this once with its result; replica 0 gets all results in replica order. */
+  gather<T>(value: T): Promise<T[] | undefined>;
 }
 
 export interface ServePlugin<O extends z.ZodType = z.ZodType> extends PluginBase<"serve", O> {
   serve(engine: Engine, options: z.infer<O>, ctx: ServeContext): Promise<void>;
 }
 
+export interface CollectivePlugin<O extends z.ZodType = z.ZodType> extends PluginBase<"collective", O> {
+  /** Connects this rank to its peers and makes the world, tp and dp groups. */
+  create(options: z.infer<O>, init: BackendInit): Promise<CollectiveBackend>;
+}
+
 export type Plugin =
+  | CollectivePlugin
   | ExportPlugin
   | PassPlugin
   | EnginePlugin

@@ -12,6 +12,7 @@ import { isFile } from "../runtime/files.ts";
 
 /** The plugin kind each stage takes. */
 export const STAGE_KINDS = {
+  collectives: "collective",
   export: "export",
   lower: "pass",
   compile: "engine",
@@ -22,6 +23,7 @@ export const STAGE_KINDS = {
 
 /** The folder under plugins/ holding each stage's built-ins. */
 export const STAGE_FOLDERS = {
+  collectives: "collectives",
   export: "export",
   lower: "passes",
   compile: "engines",
@@ -32,6 +34,7 @@ export const STAGE_FOLDERS = {
 
 /** The function each kind of plugin must have besides kind, name and options. */
 const ENTRY_POINTS = {
+  collective: "create",
   export: "export",
   pass: "run",
   engine: "backend",

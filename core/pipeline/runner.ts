@@ -15,6 +15,16 @@ import { applyOverrides } from "./overrides.ts";
 import type { EnginePlugin, ExportedModel, ModelInfo, PassContext, StageContext } from "./plugin.ts";
 import { builtinNames, type PluginFor, resolvePlugin } from "./resolve.ts";
 import {
+  bindToJob,
+  buildEngine,
+  joinPipelineJob,
+  launchPipeline,
+  onFrontRanks,
+  worldSizeOf,
+} from "./ranks.ts";
+import { hasRankEnv } from "../dist/env.ts";
+import type { Job } from "../dist/context.ts";
+import {
   describeIssues,
   pipelineFileSchema,
   type StageName,
@@ -49,6 +59,9 @@ export interface Pipeline {
   baseDir: string;
   world: World & { at: SourceLocation };
   timeouts: Timeouts;
+  /** The --set overrides it was loaded with, so that rank processes load it the same way. */
+  overrides: string[];
+  collectives?: PipelineStage<"collectives">;
   export?: PipelineStage<"export">;
   lower: PipelineStage<"lower">[];
   compile?: PipelineStage<"compile">;
@@ -75,7 +88,7 @@ export async function loadPipeline(path: string, overrides: readonly string[] = 
     const { use, ...options } = spec.data;
     specs.push({ stage, path, use, options });
   };
-  for (const stage of ["export", "compile", "save", "load", "serve"] as const) {
+  for (const stage of ["collectives", "export", "compile", "save", "load", "serve"] as const) {
     addSpec(stage, [stage], raw[stage]);
   }
   if (Array.isArray(raw.lower)) raw.lower.forEach((pass, index) => addSpec("lower", ["lower", index], pass));
@@ -106,10 +119,14 @@ export async function loadPipeline(path: string, overrides: readonly string[] = 
     baseDir: source.baseDir,
     world: { ...file.world, at: source.locate(["world"]) },
     timeouts: file.timeouts,
+    overrides: [...overrides],
     lower: [],
   };
   for (const entry of stages) {
     switch (entry?.stage) {
+      case "collectives":
+        pipeline.collectives = entry;
+        break;
       case "export":
         pipeline.export = entry;
         break;
@@ -135,8 +152,10 @@ export async function loadPipeline(path: string, overrides: readonly string[] = 
 
 /** The stages of a pipeline in the order they run. */
 export function pipelineStages(pipeline: Pipeline): AnyStage[] {
-  const { export: exportStage, lower, compile, save, load, serve } = pipeline;
-  return [exportStage, ...lower, compile, save, load, serve].filter((stage) => stage !== undefined);
+  const { collectives, export: exportStage, lower, compile, save, load, serve } = pipeline;
+  return [collectives, exportStage, ...lower, compile, save, load, serve].filter((stage) =>
+    stage !== undefined
+  );
 }
 
 export interface RunOptions {
@@ -144,16 +163,27 @@ export interface RunOptions {
   log?: (message: string) => void;
 }
 
-/** Runs every stage in order, printing one line per stage with its wall time, then the total. */
+/**
+ * Runs every stage in order, printing one line per stage with its wall time, then the total. A
+ * pipeline over several ranks started by hand is launched: one process per rank runs it again.
+ */
 export async function runPipeline(pipeline: Pipeline, options: RunOptions = {}): Promise<void> {
-  assertRunnable(pipeline);
   const log = options.log ?? console.log;
-  const ctx = stageContext(pipeline, log);
+  if (worldSizeOf(pipeline) > 1 && !hasRankEnv()) {
+    if (pipeline.export) await checkPlan(pipeline);
+    return await launchPipeline(pipeline, log);
+  }
+  await using job = worldSizeOf(pipeline) > 1 ? await joinPipelineJob(pipeline, log) : undefined;
+  const ctx = stageContext(pipeline, log, job);
   const width = Math.max(10, ...pipelineStages(pipeline).map((stage) => stage.plugin.name.length + 2));
   const started = performance.now();
-  const timed = async <T>(stage: string, name: string, work: () => Promise<T> | T): Promise<T> => {
+  const timed = async <T>(
+    stage: Exclude<StageName, "collectives">,
+    name: string,
+    work: () => Promise<T> | T,
+  ) => {
     const start = performance.now();
-    const result = await work();
+    const result = await withTimeout(work, pipeline.timeouts[stage], stage);
     log(`  ${stage.padEnd(9)}${name.padEnd(width)}${formatMs(performance.now() - start)}`);
     return result;
   };
@@ -170,7 +200,7 @@ export async function runPipeline(pipeline: Pipeline, options: RunOptions = {}):
       graph = await timed(
         "lower",
         pass.plugin.name,
-        () => runPass(pass, index, graph, { ...ctx, engine: backend }),
+        () => runPass(pass, index, graph, { ...ctx, engine: backend, tp: job?.tp }),
       );
     }
     if (pipeline.compile && backend) {
@@ -179,7 +209,7 @@ export async function runPipeline(pipeline: Pipeline, options: RunOptions = {}):
         await timed(
           "compile",
           pipeline.compile.plugin.name,
-          () => backend.build(graph, readGraphWeights(graph, weights)),
+          () => buildEngine(backend, graph, readGraphWeights(graph, weights)),
         ),
       );
     }
@@ -188,7 +218,11 @@ export async function runPipeline(pipeline: Pipeline, options: RunOptions = {}):
     const { plugin, options } = pipeline.save;
     const built = engine;
     const { model, tokenizer } = exported;
-    await timed("save", plugin.name, () => plugin.save(built, options, { ...ctx, model, tokenizer }));
+    await timed("save", plugin.name, async () => {
+      await plugin.save(built, options, { ...ctx, model, tokenizer });
+      // No rank loads the set before every rank has written its file and rank 0 the manifest.
+      await job?.barrier();
+    });
   }
   let model: ModelInfo | undefined = exported?.model;
   let tokenizer: Tokenizer | undefined = exported?.tokenizer;
@@ -202,22 +236,58 @@ export async function runPipeline(pipeline: Pipeline, options: RunOptions = {}):
   }
   if (pipeline.serve && engine && model) {
     const { plugin, options } = pipeline.serve;
-    const [serving, info] = [engine, model];
+    const serving = bindToJob(engine, job);
+    const serveCtx = { ...ctx, model, tokenizer };
     await timed(
       "serve",
       plugin.name,
-      () => plugin.serve(serving, options, { ...ctx, model: info, tokenizer }),
+      () =>
+        onFrontRanks(
+          serving,
+          job,
+          (front, replicas) => plugin.serve(front, options, { ...serveCtx, replicas }),
+        ),
     );
   }
   log(`  ${"total".padEnd(9 + width)}${formatMs(performance.now() - started)}`);
 }
 
+/** Runs work, failing with the stage's name when it takes longer than its timeout in seconds. */
+async function withTimeout<T>(
+  work: () => Promise<T> | T,
+  seconds: number | undefined,
+  stage: string,
+): Promise<T> {
+  if (seconds === undefined) return await work();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(new PipelineError(`stage ${stage} ran past its timeout of ${seconds} s (timeouts.${stage})`)),
+      seconds * 1000,
+    );
+  });
+  try {
+    return await Promise.race([Promise.resolve().then(work), expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Exports and lowers the first rank's shard on the controller: a plan that cannot work fails before ranks start. */
+async function checkPlan(pipeline: Pipeline): Promise<void> {
+  const { exported } = await exportAndLower(pipeline, {
+    log: () => {},
+    tp: { rank: 0, size: pipeline.world.tp },
+  });
+  exported[Symbol.dispose]();
+}
+
 /** Exports the model and, unless `lower` is false, runs the passes: what `rankflow graph` prints. */
 export async function exportAndLower(
   pipeline: Pipeline,
-  options: RunOptions & { lower?: boolean } = {},
+  options: RunOptions & { lower?: boolean; tp?: { rank: number; size: number } } = {},
 ): Promise<{ exported: ExportedModel; graph: Graph }> {
-  assertRunnable(pipeline);
   if (!pipeline.export) {
     throw new PipelineError(`${pipeline.file}: the pipeline starts at load, so it has no graph to show`);
   }
@@ -228,7 +298,7 @@ export async function exportAndLower(
   try {
     if (options.lower !== false) {
       for (const [index, pass] of pipeline.lower.entries()) {
-        graph = runPass(pass, index, graph, { ...ctx, engine: backend });
+        graph = runPass(pass, index, graph, { ...ctx, engine: backend, tp: options.tp });
       }
     }
   } catch (error) {
@@ -258,19 +328,16 @@ export function runPass(pass: PipelineStage<"lower">, index: number, graph: Grap
   return result;
 }
 
-/** Refuses what validates but cannot run yet: worlds bigger than one rank. */
-export function assertRunnable(pipeline: Pipeline): void {
-  const { tp, dp, at } = pipeline.world;
-  if (tp !== 1 || dp !== 1) {
-    throw new PipelineError(
-      `world: tp: ${tp}, dp: ${dp} is not yet supported; only tp: 1, dp: 1 runs for now`,
-      at,
-    );
-  }
-}
-
-function stageContext(pipeline: Pipeline, log: (message: string) => void): StageContext {
-  return { baseDir: pipeline.baseDir, rank: 0, worldSize: 1, log };
+function stageContext(pipeline: Pipeline, log: (message: string) => void, job?: Job): StageContext {
+  const { dp, tp } = pipeline.world;
+  return {
+    baseDir: pipeline.baseDir,
+    rank: job?.rank ?? 0,
+    worldSize: job?.worldSize ?? 1,
+    mesh: { dp, tp },
+    log,
+    job,
+  };
 }
 
 /**

@@ -8,7 +8,7 @@ import type { PipelineIssue } from "./errors.ts";
 import type { KeyPath, PipelineSource } from "./load.ts";
 
 /** The stages in the order they run. */
-export const STAGES = ["export", "lower", "compile", "save", "load", "serve"] as const;
+export const STAGES = ["collectives", "export", "lower", "compile", "save", "load", "serve"] as const;
 export type StageName = typeof STAGES[number];
 
 /** A stage as written: the plugin to use, its options beside it. */
@@ -43,6 +43,7 @@ export const pipelineFileSchema = z.strictObject({
   name: z.string().min(1).optional().describe("shown in logs; defaults to the file's name"),
   world: worldSchema.default({ tp: 1, dp: 1 }),
   timeouts: timeoutsSchema.default({}).describe("seconds per stage"),
+  collectives: stageSpec.optional().describe("the collective backend between ranks; default tcp"),
   export: stageSpec.optional(),
   lower: z.array(stageSpec).nullish().transform((passes) => passes ?? []),
   compile: stageSpec.optional(),

@@ -4,10 +4,11 @@
 
 import { dirname, join } from "node:path";
 import type { GraphInput } from "../ir/graph.ts";
+import type { Mesh } from "../dist/group.ts";
 import { EngineError } from "./engine.ts";
 
 const MAGIC = new TextEncoder().encode("RANKFLOW");
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
 
 export interface EngineHeader {
   format: number;
@@ -15,12 +16,20 @@ export interface EngineHeader {
   backendVersion: string;
   rank: number;
   worldSize: number;
+  /** The dp × tp shape of the job the engine was made for. */
+  mesh: Mesh;
   inputs: GraphInput[];
   outputs: GraphInput[];
+  /** Whether the payload is segments with collectives between them (the backend cannot run them inside). */
+  partitioned: boolean;
+  /** Whether the engine runs collectives and so must be bound to a communicator before it runs. */
+  communicator: boolean;
   payloadBytes: number;
   /** Hex SHA-256 of the payload. */
   payloadSha256: string;
   createdBy: string;
+  /** The pipeline file that made the engine, where one did. */
+  pipeline?: string;
 }
 
 export async function sha256Hex(bytes: Uint8Array): Promise<string> {

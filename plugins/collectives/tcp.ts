@@ -14,6 +14,8 @@ import { reduceTensors } from "../../core/dist/reduce.ts";
 import type { Reduction } from "../../core/ir/ops/collective.ts";
 import { concatTensors, sliceTensor } from "../../core/ir/ops/shape.ts";
 import { BYTES_PER_ELEMENT, type DType, DTYPES, type Tensor, tensor } from "../../core/ir/tensor.ts";
+import { z } from "zod";
+import { definePlugin } from "../../core/pipeline/plugin.ts";
 
 export interface TcpBackendOptions {
   /** This process's global rank. */
@@ -36,6 +38,22 @@ export interface TcpBackendOptions {
 const GROUP_NAMES = ["world", "tp", "dp"] as const;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
+
+export const options = z.object({
+  host: z.string().default("127.0.0.1").describe(
+    "interface each rank listens on for its peers; 0.0.0.0 when ranks span several hosts",
+  ),
+  connect_timeout: z.number().positive().default(60).describe("seconds to wait for every peer to connect"),
+}).strict();
+
+export default definePlugin({
+  kind: "collective",
+  name: "tcp",
+  description: "collectives over TCP between CPU processes",
+  options,
+  create: (opts: z.infer<typeof options>, init) =>
+    createTcpBackend({ ...init, host: opts.host, connectTimeoutMs: opts.connect_timeout * 1000 }),
+});
 
 /** Creates the world, tp and dp groups of `rank` once every peer is connected. */
 export async function createTcpBackend(options: TcpBackendOptions): Promise<TcpBackend> {

@@ -1,18 +1,18 @@
 // Loads this rank's engine from a saved set, checking the manifest and the file first, and the
-// tokenizer saved beside them when there is one.
+// tokenizer saved with the set when there is one.
 
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { z } from "zod";
 import { definePlugin } from "../../core/pipeline/plugin.ts";
 import { loadRankEngine } from "../../core/runtime/manifest.ts";
 import { loadTokenizer } from "../export/byte_tokenizer.ts";
-import { isFile } from "../../core/runtime/files.ts";
 
 export const options = z.object({
   dir: z.string().describe(
     "folder holding manifest.json and the engine files, relative to the pipeline file",
   ),
 }).strict();
+
 export default definePlugin({
   kind: "load",
   name: "engine-file",
@@ -21,7 +21,8 @@ export default definePlugin({
   async load(opts: z.infer<typeof options>, ctx) {
     const dir = resolve(ctx.baseDir, opts.dir);
     const { engine, manifest } = await loadRankEngine(dir, ctx.rank, ctx.worldSize, ctx.backends);
-    const tokenizer = isFile(join(dir, "tokenizer.json")) ? loadTokenizer(dir) : undefined;
+    const tokenizerFile = manifest.tokenizer.find((file) => file.endsWith("tokenizer.json"));
+    const tokenizer = tokenizerFile ? loadTokenizer(dirname(join(dir, tokenizerFile))) : undefined;
     return { engine, model: manifest.model, tokenizer };
   },
 });

@@ -10,53 +10,76 @@ import type { Tokenizer } from "../../core/runtime/tokenizer.ts";
 
 export const options = z.object({
   prompt: z.string().min(1).optional().describe("text to continue; needs the model's tokenizer"),
+  prompts: z.array(z.string().min(1)).min(1).optional().describe(
+    "several texts to continue as one batch; data-parallel replicas each take an equal share",
+  ),
   ids: z.array(z.number().int().nonnegative()).min(1).optional()
     .describe("token ids to continue, where there is no tokenizer"),
   max_tokens: z.number().int().positive().default(16).describe("how many tokens to generate"),
-}).refine((value) => value.prompt === undefined || value.ids === undefined, {
-  message: "give prompt or ids, not both",
-}).refine((value) => value.prompt !== undefined || value.ids !== undefined, {
-  message: "give a prompt or ids to start from",
+}).refine((value) => [value.prompt, value.prompts, value.ids].filter((v) => v !== undefined).length <= 1, {
+  message: "give one of prompt, prompts or ids",
+}).refine((value) => value.prompt !== undefined || value.prompts !== undefined || value.ids !== undefined, {
+  message: "give a prompt, prompts or ids to start from",
 });
 export type Options = z.infer<typeof options>;
 
 export default definePlugin({
   kind: "serve",
   name: "generate",
-  description: "greedy generation from one prompt, printed as it comes",
+  description: "greedy generation from prompts, printed as it comes",
   options,
   serve: serveGenerate,
 });
 
 async function serveGenerate(engine: Engine, opts: Options, ctx: ServeContext): Promise<void> {
   const tokenizer = ctx.tokenizer;
-  const prompt = promptIds(opts, tokenizer);
-  const stream = streamTo(Deno.stdout, tokenizer);
+  const all = promptIds(opts, tokenizer);
+  const replicas = ctx.replicas ?? { rank: 0, size: 1, gather: <T>(value: T) => Promise.resolve([value]) };
+  const mine = shareOf(all.length, replicas.rank, replicas.size);
+  const prompts = all.slice(mine.start, mine.end);
+  // One prompt on one replica streams as it comes; batches print when done.
+  const stream = all.length === 1 ? streamTo(Deno.stdout, tokenizer) : undefined;
   const start = performance.now();
-  const [generated] = await generateGreedy(engine, [prompt], {
+  const generated = prompts.length === 0 ? [] : await generateGreedy(engine, prompts, {
     maxTokens: opts.max_tokens,
-    onToken: ([token]) => stream.push(token),
+    onToken: stream ? ([token]) => stream.push(token) : undefined,
   });
   const seconds = (performance.now() - start) / 1000;
-  stream.end();
-  ctx.log(`ids: ${JSON.stringify(generated)}`);
-  if (tokenizer) ctx.log(`text: ${JSON.stringify(tokenizer.decode([...prompt, ...generated]))}`);
-  const rate = generated.length / seconds;
-  ctx.log(`${generated.length} tokens in ${seconds.toFixed(2)} s (${rate.toFixed(1)} tokens/s)`);
+  stream?.end();
+  if (replicas.size > 1) ctx.log(`replica ${replicas.rank}: prompts ${mine.start}..${mine.end - 1} in ${seconds.toFixed(2)} s`);
+  const gathered = await replicas.gather(generated);
+  if (!gathered) return;
+  const results = gathered.flat();
+  results.forEach((ids, index) => {
+    const label = results.length > 1 ? `[${index}] ` : "";
+    ctx.log(`${label}ids: ${JSON.stringify(ids)}`);
+    if (tokenizer) ctx.log(`${label}text: ${JSON.stringify(tokenizer.decode([...all[index], ...ids]))}`);
+  });
+  const count = results.reduce((n, ids) => n + ids.length, 0);
+  ctx.log(`${count} tokens in ${seconds.toFixed(2)} s (${(count / seconds).toFixed(1)} tokens/s)`);
 }
 
-function promptIds(opts: Options, tokenizer: Tokenizer | undefined): number[] {
-  if (opts.ids) return opts.ids;
+/** Replica `rank`'s contiguous share of `count` items; earlier replicas take one more when it does not divide. */
+export function shareOf(count: number, rank: number, size: number): { start: number; end: number } {
+  const base = Math.floor(count / size);
+  const extra = count % size;
+  const start = rank * base + Math.min(rank, extra);
+  return { start, end: start + base + (rank < extra ? 1 : 0) };
+}
+
+function promptIds(opts: Options, tokenizer: Tokenizer | undefined): number[][] {
+  if (opts.ids) return [opts.ids];
+  const texts = opts.prompts ?? [opts.prompt!];
   if (!tokenizer) {
     throw new PipelineError(
       "serve: the model has no tokenizer, so a prompt cannot be encoded; give ids instead",
     );
   }
-  const ids = tokenizer.encode(opts.prompt!);
-  if (ids.length === 0) {
-    throw new PipelineError(`serve: the prompt ${JSON.stringify(opts.prompt)} encodes to no tokens`);
-  }
-  return ids;
+  return texts.map((text) => {
+    const ids = tokenizer.encode(text);
+    if (ids.length === 0) throw new PipelineError(`serve: the prompt ${JSON.stringify(text)} encodes to no tokens`);
+    return ids;
+  });
 }
 
 /**

@@ -43,8 +43,14 @@ Deno.test("a pipeline runs export, lower, compile, save, load and serve, one tim
   ok(/^ {2}export {3}hf +\d+(\.\d)? ms$/.test(lines.find((line) => line.includes("export"))!));
   ok(lines.includes(`ids: ${JSON.stringify(ORACLE.greedy_ids.slice(0, 8))}`), lines.join("\n"));
   ok(lines.some((line) => /^8 tokens in [\d.]+ s \([\d.]+ tokens\/s\)$/.test(line)));
-  const saved = [...Deno.readDirSync(join(path, "..", "engines"))].map((entry) => entry.name).sort();
-  deepStrictEqual(saved, ["manifest.json", "rank-0.engine"]);
+  const engines = join(path, "..", "engines");
+  const saved = [...Deno.readDirSync(engines)].map((entry) => entry.name).sort();
+  deepStrictEqual(saved.length, 2);
+  deepStrictEqual(saved[0], "manifest.json");
+  ok(/^set-[0-9a-f]{8}$/.test(saved[1]), saved[1]);
+  deepStrictEqual([...Deno.readDirSync(join(engines, saved[1]))].map((entry) => entry.name).sort(), [
+    "rank-0.engine",
+  ]);
 });
 
 Deno.test("a pipeline may start at load: a saved set serves a prompt without the checkpoint", async () => {
@@ -87,21 +93,22 @@ Deno.test("a pass that breaks the graph is named, at its use: line", async () =>
   ok(error.message.startsWith(`${path}:4:10: lower.1 (drop-first-node) broke the graph: `), error.message);
 });
 
-Deno.test("a world bigger than one rank validates but does not run yet", async () => {
+Deno.test("a tensor-parallel plan that does not fit the model fails before any rank starts", async () => {
   const path = await writePipeline(
     [
-      `world: { tp: 2, dp: 1 }`,
+      `world: { tp: 3 }`,
       `export: { use: hf, path: ${MODEL} }`,
+      `lower: [{ use: tensor-parallel, plan: auto }]`,
       `compile: { use: cpu }`,
       `serve: { use: generate, ids: [1] }`,
     ].join("\n"),
   );
   const pipeline = await loadPipeline(path);
+  const started = performance.now();
   const error = await pipelineErrorOf(() => runPipeline(pipeline, { log: () => {} }));
-  strictEqual(
-    error.message,
-    `${path}:1:8: world: tp: 2, dp: 1 is not yet supported; only tp: 1, dp: 1 runs for now`,
-  );
+  ok(error.message.startsWith(`${path}:3:16: lower.0 (tensor-parallel) failed:`), error.message);
+  ok(error.message.endsWith("has 4 heads, which do not split over 3 ranks"), error.message);
+  ok(performance.now() - started < 5000);
 });
 
 Deno.test("exportAndLower gives the graph after the passes, or before them", async () => {

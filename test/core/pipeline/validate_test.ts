@@ -60,7 +60,7 @@ Deno.test("an unknown stage is refused with a did-you-mean", async () => {
   const far = await writePipeline(pipelineText({ "name:": `name: demo\nbenchmark: { runs: 3 }` }));
   strictEqual(
     (await pipelineErrorOf(() => loadPipeline(far))).message,
-    `${far}:2:1: unknown stage or key 'benchmark'; expected one of name, world, timeouts, export, lower, compile, save, load, serve`,
+    `${far}:2:1: unknown stage or key 'benchmark'; expected one of name, world, timeouts, collectives, export, lower, compile, save, load, serve`,
   );
 });
 
@@ -153,12 +153,12 @@ Deno.test("serve options: prompt or ids, not both, not neither", async () => {
   );
   strictEqual(
     (await pipelineErrorOf(() => loadPipeline(both))).message,
-    `${both}:7:8: serve: give prompt or ids, not both`,
+    `${both}:7:8: serve: give one of prompt, prompts or ids`,
   );
   const neither = await writePipeline(pipelineText({ "serve:": `serve: { use: generate }` }));
   strictEqual(
     (await pipelineErrorOf(() => loadPipeline(neither))).message,
-    `${neither}:7:8: serve: give a prompt or ids to start from`,
+    `${neither}:7:8: serve: give a prompt, prompts or ids to start from`,
   );
 });
 

@@ -73,7 +73,8 @@ Deno.test("cpu engine: a bf16 compute dtype rounds like bf16 and stays close to 
 
 Deno.test("engine files: every kind of damage gives a clear error naming the file", async () => {
   const { dir } = await savedSet();
-  const file = join(dir, "set", "rank-0.engine");
+  const manifest = JSON.parse(await Deno.readTextFile(join(dir, "set", "manifest.json")));
+  const file = join(dir, "set", manifest.files[0].file);
   const good = await Deno.readFile(file);
   const cases: [string, (bytes: Uint8Array) => Uint8Array, RegExp][] = [
     ["truncated", (b) => b.slice(0, b.length - 7), /truncated or padded/],

@@ -1,0 +1,197 @@
+// Lockstep: the front rank of a tensor-parallel group takes requests; every other rank of the group
+// must run the same engine calls in the same order, since each call runs collectives over the group.
+// The front broadcasts each call (as a small message) before running it; followers loop, receiving
+// and running calls until the front says stop. Serving code sees one ordinary engine on the front.
+
+import { i32, type Tensor, tensor, viewOf } from "../ir/tensor.ts";
+import type { DType } from "../ir/tensor.ts";
+import { type Engine, EngineError } from "../runtime/engine.ts";
+import {
+  checkStep,
+  openSequences,
+  type SequenceEngine,
+  type SequenceOptions,
+  type Sequences,
+  type SequenceStep,
+} from "../runtime/sequences.ts";
+import { DistError, type ProcessGroup } from "./group.ts";
+
+type Call =
+  | { op: "run"; inputs: EncodedTensor[] }
+  | { op: "open"; pool: number; options: SequenceOptions }
+  | { op: "step" | "greedy"; pool: number; batch: SequenceStep[] }
+  | { op: "release"; pool: number; slot: number }
+  | { op: "close"; pool: number }
+  | { op: "stop" };
+
+interface EncodedTensor {
+  name: string;
+  dtype: DType;
+  shape: number[];
+  /** The tensor's bytes, base64. */
+  data: string;
+}
+
+const ROOT = 0;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Sends one call from the front to every follower: its length, then its bytes. */
+async function sendCall(group: ProcessGroup, call: Call): Promise<void> {
+  const bytes = encoder.encode(JSON.stringify(call));
+  const words = new Uint8Array(Math.ceil(bytes.length / 4) * 4);
+  words.set(bytes);
+  await group.broadcast(i32([1], [bytes.length]), ROOT);
+  await group.broadcast(tensor("i32", [words.length / 4], viewOf("i32", words.buffer)), ROOT);
+}
+
+async function receiveCall(group: ProcessGroup): Promise<Call> {
+  const [length] = (await group.broadcast(i32([1]), ROOT)).data as Int32Array;
+  const words = await group.broadcast(i32([Math.ceil(length / 4)]), ROOT);
+  const bytes = new Uint8Array(words.data.buffer, words.data.byteOffset, length);
+  return JSON.parse(decoder.decode(bytes)) as Call;
+}
+
+function encodeTensor(name: string, t: Tensor): EncodedTensor {
+  const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return { name, dtype: t.dtype, shape: t.shape, data: btoa(binary) };
+}
+
+function decodeTensor(encoded: EncodedTensor): Tensor {
+  const binary = atob(encoded.data);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return tensor(encoded.dtype, encoded.shape, viewOf(encoded.dtype, bytes.buffer));
+}
+
+/**
+ * The front rank's view of its group's engines: every call is sent to the followers, then run here.
+ * `stop()` (or disposal) releases the followers; the engine itself is not disposed.
+ */
+export class LockstepEngine implements SequenceEngine {
+  readonly backend: string;
+  readonly backendVersion: string;
+  readonly inputs: Engine["inputs"];
+  readonly outputs: Engine["outputs"];
+  #pools = 0;
+  #stopped = false;
+  /** Calls are sent and run one at a time, in the order they were made. */
+  #queue: Promise<unknown> = Promise.resolve();
+
+  constructor(readonly engine: Engine, readonly group: ProcessGroup) {
+    if (group.rank !== ROOT) {
+      throw new DistError(`lockstep: rank ${group.rank} of ${group.name} is not its front`);
+    }
+    this.backend = engine.backend;
+    this.backendVersion = engine.backendVersion;
+    this.inputs = engine.inputs;
+    this.outputs = engine.outputs;
+  }
+
+  run(inputs: Record<string, Tensor>): Promise<Record<string, Tensor>> {
+    const encoded = Object.entries(inputs).map(([name, t]) => encodeTensor(name, t));
+    return this.#call({ op: "run", inputs: encoded }, () => this.engine.run(inputs));
+  }
+
+  sequences(options: SequenceOptions): Sequences {
+    const pool = this.#pools++;
+    const local = openSequences(this.engine, options);
+    const opened = this.#call({ op: "open", pool, options }, () => undefined);
+    const call = <T>(message: Call, work: () => Promise<T> | T) =>
+      opened.then(() => this.#call(message, work));
+    return {
+      slots: local.slots,
+      maxLength: local.maxLength,
+      step: async (batch) => {
+        checkStep(batch, local);
+        return await call({ op: "step", pool, batch }, () => local.step(batch));
+      },
+      greedy: async (batch) => {
+        checkStep(batch, local);
+        return await call({ op: "greedy", pool, batch }, () => local.greedy(batch));
+      },
+      release: (slot) => {
+        // Release is synchronous in the contract; the followers hear of it before the next call.
+        local.release(slot);
+        call({ op: "release", pool, slot }, () => undefined).catch(() => {});
+      },
+      [Symbol.dispose]: () => {
+        local[Symbol.dispose]();
+        call({ op: "close", pool }, () => undefined).catch(() => {});
+      },
+    };
+  }
+
+  serialize(): Uint8Array {
+    return this.engine.serialize();
+  }
+
+  /** Tells the followers to return; later calls are refused. */
+  async stop(): Promise<void> {
+    if (this.#stopped) return;
+    await this.#call({ op: "stop" }, () => undefined);
+    this.#stopped = true;
+  }
+
+  [Symbol.dispose](): void {
+    this.stop().catch(() => {});
+  }
+
+  #call<T>(message: Call, work: () => Promise<T> | T): Promise<T> {
+    const next = this.#queue.catch(() => {}).then(async () => {
+      if (this.#stopped) throw new EngineError("lockstep: the followers were stopped; no more calls can run");
+      await sendCall(this.group, message);
+      return await work();
+    });
+    this.#queue = next;
+    return next;
+  }
+}
+
+/** A follower's loop: runs the front's calls on this rank's engine until it says stop. */
+export async function followLockstep(engine: Engine, group: ProcessGroup): Promise<void> {
+  if (group.rank === ROOT) {
+    throw new DistError(`lockstep: rank 0 of ${group.name} is the front, not a follower`);
+  }
+  const pools = new Map<number, Sequences>();
+  try {
+    while (true) {
+      const call = await receiveCall(group);
+      switch (call.op) {
+        case "stop":
+          return;
+        case "run":
+          await engine.run(Object.fromEntries(call.inputs.map((t) => [t.name, decodeTensor(t)])));
+          break;
+        case "open":
+          pools.set(call.pool, openSequences(engine, call.options));
+          break;
+        case "step":
+          await poolOf(pools, call.pool).step(call.batch);
+          break;
+        case "greedy":
+          await poolOf(pools, call.pool).greedy(call.batch);
+          break;
+        case "release":
+          poolOf(pools, call.pool).release(call.slot);
+          break;
+        case "close":
+          poolOf(pools, call.pool)[Symbol.dispose]();
+          pools.delete(call.pool);
+          break;
+      }
+    }
+  } finally {
+    for (const pool of pools.values()) pool[Symbol.dispose]();
+  }
+}
+
+function poolOf(pools: Map<number, Sequences>, id: number): Sequences {
+  const pool = pools.get(id);
+  if (!pool) throw new DistError(`lockstep: the front used pool ${id}, which this rank never opened`);
+  return pool;
+}
