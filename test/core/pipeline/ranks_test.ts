@@ -181,3 +181,35 @@ function isAlive(pid: number): boolean {
     return false;
   }
 }
+
+Deno.test("launch over two nodes (two controllers on this machine) makes one world of four", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = listener.addr.port;
+  listener.close();
+  const node = (rank: number) =>
+    new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        "main.ts",
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--nnodes",
+        "2",
+        "--node-rank",
+        String(rank),
+        "--rdzv-endpoint",
+        `127.0.0.1:${port}`,
+        SCRIPT,
+      ],
+      cwd: ROOT,
+      env: { NO_COLOR: "1", RANKFLOW_TOKEN: "a-token-both-nodes-share" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+  const outputs = await Promise.all([node(0), node(1)]);
+  const text = outputs.map((out) => new TextDecoder().decode(out.stdout)).join("");
+  outputs.forEach((out) => strictEqual(out.code, 0, new TextDecoder().decode(out.stderr)));
+  for (const rank of [0, 1, 2, 3]) ok(text.includes(`[rank ${rank}] rank ${rank} of 4: sum 10`), text);
+});

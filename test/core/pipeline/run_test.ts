@@ -111,6 +111,19 @@ Deno.test("a tensor-parallel plan that does not fit the model fails before any r
   ok(performance.now() - started < 5000);
 });
 
+Deno.test("a stage that runs past its timeout fails with the stage and the setting named", async () => {
+  const path = await writePipeline(
+    [
+      `timeouts: { serve: 0.2 }`,
+      `export: { use: hf, path: ${MODEL} }`,
+      `compile: { use: cpu }`,
+      `serve: { use: ${fixture("wait_forever.ts")} }`,
+    ].join("\n"),
+  );
+  const error = await pipelineErrorOf(async () => runPipeline(await loadPipeline(path), { log: () => {} }));
+  strictEqual(error.message, "stage serve ran past its timeout of 0.2 s (timeouts.serve)");
+});
+
 Deno.test("exportAndLower gives the graph after the passes, or before them", async () => {
   const path = await writePipeline(
     [
