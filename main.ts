@@ -51,15 +51,16 @@ interface Command {
 
 const commands: Record<string, Command> = {
   run: {
-    usage: "rankflow run PIPELINE [--set KEY.PATH=VALUE ...]",
-    help:
-      `Validates the pipeline, then runs its stages in order, one line per stage with its time.\n\n${SET_HELP}`,
-    options: { set: { type: "string", multiple: true } },
+    usage: "rankflow run PIPELINE [--rebuild] [--set KEY.PATH=VALUE ...]",
+    help: `Validates the pipeline, then runs its stages in order, one line per stage with its time.\n` +
+      `A pipeline with world: {tp, dp} starts one process per rank and supervises them.\n\n` +
+      `  --rebuild     build engines even where the pipeline's build cache has them\n${SET_HELP}`,
+    options: { set: { type: "string", multiple: true }, rebuild: { type: "boolean" } },
     positionals: 1,
     async run([file], values) {
       const pipeline = await loadPipeline(file, sets(values));
       console.log(`${pipeline.name}: ${file}`);
-      await runPipeline(pipeline);
+      await runPipeline(pipeline, { rebuild: values.rebuild === true });
     },
   },
   check: {

@@ -73,6 +73,15 @@ export class SafetensorsFile implements WeightStore {
     return { dtype, shape: [...shape] };
   }
 
+  /** The file, its size and modification time, and the tensor's place in it. */
+  fingerprint(key: string): string {
+    const entry = this.#entry(key);
+    const file = this.#file;
+    if (!file) throw new WeightError(`${this.path}: fingerprint of ${key} after the file was closed`);
+    const stat = file.statSync();
+    return `${this.path}:${stat.size}:${stat.mtime?.getTime() ?? 0}:${entry.begin}-${entry.end}`;
+  }
+
   /** Reads a tensor, or the box the slices cut out of it, with one read per contiguous run. */
   read(key: string, slices: WeightSlice[] = []): Tensor {
     const entry = this.#entry(key);
@@ -243,6 +252,10 @@ export class SafetensorsStore implements WeightStore {
 
   read(key: string, slices?: WeightSlice[]): Tensor {
     return this.#file(key).read(key, slices);
+  }
+
+  fingerprint(key: string): string {
+    return this.#file(key).fingerprint(key);
   }
 
   [Symbol.dispose](): void {

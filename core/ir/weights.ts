@@ -16,13 +16,23 @@ export interface WeightStore extends Disposable {
   info(key: string): WeightInfo;
   /** Reads a tensor, or only the given slices of it, in its stored dtype. */
   read(key: string, slices?: WeightSlice[]): Tensor;
+  /**
+   * A short string that changes whenever the tensor's bytes may have (its file, size and time),
+   * so that a build cache can tell without reading it; stores that cannot say leave it out.
+   */
+  fingerprint?(key: string): string;
 }
 
 /** Reads every weight a graph names, sliced as the graph says, in the graph's dtypes. */
-export function readGraphWeights(graph: Graph, store: WeightStore): Map<string, Tensor> {
+export function readGraphWeights(
+  graph: Graph,
+  store: WeightStore,
+  progress?: (done: number, total: number) => void,
+): Map<string, Tensor> {
   const out = new Map<string, Tensor>();
-  for (const weight of graph.weights) {
+  for (const [index, weight] of graph.weights.entries()) {
     out.set(weight.name, castTensor(store.read(weight.key, weight.slices), weight.type.dtype));
+    progress?.(index + 1, graph.weights.length);
   }
   return out;
 }

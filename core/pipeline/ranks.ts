@@ -24,12 +24,16 @@ export function worldSizeOf(pipeline: Pipeline): number {
 }
 
 /** Starts every rank of the pipeline (each runs `rankflow run` again) and waits for them all. */
-export async function launchPipeline(pipeline: Pipeline, log: (message: string) => void): Promise<void> {
+export async function launchPipeline(
+  pipeline: Pipeline,
+  log: (message: string) => void,
+  rebuild = false,
+): Promise<void> {
   const size = worldSizeOf(pipeline);
   log(`starting ${size} ranks: dp ${pipeline.world.dp} × tp ${pipeline.world.tp}`);
   const sets = pipeline.overrides.flatMap((set) => ["--set", set]);
   await launch({
-    entry: ["run", "-A", MAIN, "run", pipeline.file, ...sets],
+    entry: ["run", "-A", MAIN, "run", pipeline.file, ...sets, ...(rebuild ? ["--rebuild"] : [])],
     nprocPerNode: size,
   });
 }

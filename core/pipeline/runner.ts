@@ -2,11 +2,12 @@
 // whose every option is checked, reporting all problems at once; runPipeline runs its stages in
 // order (export → lower → compile → save → load → serve) and prints each stage's wall time.
 
-import { basename } from "node:path";
+import { basename, resolve as resolvePath } from "node:path";
+import { unknownProfileDims } from "../runtime/profiles.ts";
+import { BUILD_SETTING_KEYS, type BuildSettings, buildSettingsSchema, compileEngine } from "./build.ts";
 import type { z } from "zod";
 import { type Graph, verifyGraph } from "../ir/graph.ts";
 import { closestName } from "../ir/registry.ts";
-import { readGraphWeights } from "../ir/weights.ts";
 import type { Engine, EngineBackend } from "../runtime/engine.ts";
 import type { Tokenizer } from "../runtime/tokenizer.ts";
 import { PipelineError, type PipelineIssue, type SourceLocation } from "./errors.ts";
@@ -14,14 +15,7 @@ import { type KeyPath, readPipeline } from "./load.ts";
 import { applyOverrides } from "./overrides.ts";
 import type { EnginePlugin, ExportedModel, ModelInfo, PassContext, StageContext } from "./plugin.ts";
 import { builtinNames, type PluginFor, resolvePlugin } from "./resolve.ts";
-import {
-  bindToJob,
-  buildEngine,
-  joinPipelineJob,
-  launchPipeline,
-  onFrontRanks,
-  worldSizeOf,
-} from "./ranks.ts";
+import { bindToJob, joinPipelineJob, launchPipeline, onFrontRanks, worldSizeOf } from "./ranks.ts";
 import { hasRankEnv } from "../dist/env.ts";
 import type { Job } from "../dist/context.ts";
 import {
@@ -61,6 +55,10 @@ export interface Pipeline {
   timeouts: Timeouts;
   /** The --set overrides it was loaded with, so that rank processes load it the same way. */
   overrides: string[];
+  /** The compile stage's own settings: just in time or not, and the dynamic-shape profiles. */
+  build: BuildSettings;
+  /** The build cache's folder, where the pipeline names one. */
+  cache?: string;
   collectives?: PipelineStage<"collectives">;
   export?: PipelineStage<"export">;
   lower: PipelineStage<"lower">[];
@@ -93,10 +91,18 @@ export async function loadPipeline(path: string, overrides: readonly string[] = 
   }
   if (Array.isArray(raw.lower)) raw.lower.forEach((pass, index) => addSpec("lower", ["lower", index], pass));
 
+  let build: BuildSettings = buildSettingsSchema.parse({});
   const stages = await Promise.all(specs.map(async ({ stage, path, use, options }) => {
     const at = source.locate([...path, "use"]);
     try {
       const plugin = await resolvePlugin(stage, use, { baseDir: source.baseDir, at });
+      if (stage === "compile") {
+        const settings = Object.fromEntries(BUILD_SETTING_KEYS.map((key) => [key, options[key]]));
+        for (const key of BUILD_SETTING_KEYS) delete options[key];
+        const parsedSettings = buildSettingsSchema.safeParse(settings, { reportInput: true });
+        if (parsedSettings.success) build = parsedSettings.data;
+        else issues.push(...describeIssues(parsedSettings.error, buildSettingsSchema, source, path));
+      }
       const schema = strictOptions(plugin.options);
       const checked = schema.safeParse(options, { reportInput: true });
       if (!checked.success) {
@@ -120,6 +126,8 @@ export async function loadPipeline(path: string, overrides: readonly string[] = 
     world: { ...file.world, at: source.locate(["world"]) },
     timeouts: file.timeouts,
     overrides: [...overrides],
+    build,
+    cache: file.cache === undefined ? undefined : resolvePath(source.baseDir, file.cache),
     lower: [],
   };
   for (const entry of stages) {
@@ -161,6 +169,23 @@ export function pipelineStages(pipeline: Pipeline): AnyStage[] {
 export interface RunOptions {
   /** Where progress lines go; console.log unless given. */
   log?: (message: string) => void;
+  /** Build engines even where the build cache has them. */
+  rebuild?: boolean;
+}
+
+/** A progress callback that prints `label: done/total (n%)` at most once a second, after the first second. */
+export function progressLines(
+  log: (message: string) => void,
+  label: string,
+): (done: number, total: number) => void {
+  const start = performance.now();
+  let last = start;
+  return (done, total) => {
+    const now = performance.now();
+    if (now - start < 1000 || now - last < 1000) return;
+    last = now;
+    log(`${label} ${done}/${total} (${Math.round((100 * done) / total)}%)`);
+  };
 }
 
 /**
@@ -169,9 +194,10 @@ export interface RunOptions {
  */
 export async function runPipeline(pipeline: Pipeline, options: RunOptions = {}): Promise<void> {
   const log = options.log ?? console.log;
+  const rebuild = options.rebuild;
   if (worldSizeOf(pipeline) > 1 && !hasRankEnv()) {
     if (pipeline.export) await checkPlan(pipeline);
-    return await launchPipeline(pipeline, log);
+    return await launchPipeline(pipeline, log, rebuild);
   }
   await using job = worldSizeOf(pipeline) > 1 ? await joinPipelineJob(pipeline, log) : undefined;
   const ctx = stageContext(pipeline, log, job);
@@ -181,10 +207,11 @@ export async function runPipeline(pipeline: Pipeline, options: RunOptions = {}):
     stage: Exclude<StageName, "collectives">,
     name: string,
     work: () => Promise<T> | T,
+    note: () => string = () => "",
   ) => {
     const start = performance.now();
     const result = await withTimeout(work, pipeline.timeouts[stage], stage);
-    log(`  ${stage.padEnd(9)}${name.padEnd(width)}${formatMs(performance.now() - start)}`);
+    log(`  ${stage.padEnd(9)}${name.padEnd(width)}${formatMs(performance.now() - start)}${note()}`);
     return result;
   };
 
@@ -205,12 +232,26 @@ export async function runPipeline(pipeline: Pipeline, options: RunOptions = {}):
     }
     if (pipeline.compile && backend) {
       const { weights } = exported;
+      const { plugin, options: engineOptions } = pipeline.compile;
+      const unknown = unknownProfileDims(pipeline.build.profiles, graph.inputs);
+      if (unknown.length > 0) throw new PipelineError(`compile.${unknown[0]}`, pipeline.compile.at);
+      let how = "";
       engine = stack.use(
-        await timed(
-          "compile",
-          pipeline.compile.plugin.name,
-          () => buildEngine(backend, graph, readGraphWeights(graph, weights)),
-        ),
+        await timed("compile", plugin.name, async () => {
+          const { engine, cached } = await compileEngine({
+            backend,
+            options: engineOptions,
+            settings: pipeline.build,
+            graph,
+            weights,
+            cacheDir: pipeline.cache,
+            rebuild,
+            pipeline: pipeline.file,
+            progress: progressLines(log, `  compile  ${plugin.name}: reading weights`),
+          });
+          how = cached ? " (cached)" : pipeline.build.jit ? " (at the first request)" : "";
+          return engine;
+        }, () => how),
       );
     }
   }

@@ -44,6 +44,9 @@ export const pipelineFileSchema = z.strictObject({
   world: worldSchema.default({ tp: 1, dp: 1 }),
   timeouts: timeoutsSchema.default({}).describe("seconds per stage"),
   collectives: stageSpec.optional().describe("the collective backend between ranks; default tcp"),
+  cache: z.string().min(1).optional().describe(
+    "folder of the build cache: engines are rebuilt only when what they are built from changed",
+  ),
   export: stageSpec.optional(),
   lower: z.array(stageSpec).nullish().transform((passes) => passes ?? []),
   compile: stageSpec.optional(),
@@ -57,6 +60,13 @@ export type PipelineFile = z.infer<typeof pipelineFileSchema>;
 export function stageOrderIssues(file: PipelineFile, source: PipelineSource): PipelineIssue[] {
   const issues: PipelineIssue[] = [];
   const has = (stage: StageName) => stage === "lower" ? file.lower.length > 0 : file[stage] !== undefined;
+  const compile = file.compile as Record<string, unknown> | undefined;
+  if (compile?.jit === true && has("save")) {
+    issues.push(source.issue(
+      ["compile", "jit"],
+      "compile.jit: a just-in-time engine is built at the first request, so it cannot be saved; remove save or jit",
+    ));
+  }
   const need = (stage: StageName, why: string) => {
     if (!has(stage)) issues.push({ message: `missing stage '${stage}': ${why}`, at: source.locate([]) });
   };

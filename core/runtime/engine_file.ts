@@ -5,6 +5,7 @@
 import { dirname, join } from "node:path";
 import type { GraphInput } from "../ir/graph.ts";
 import type { Mesh } from "../dist/group.ts";
+import type { Profiles } from "./profiles.ts";
 import { EngineError } from "./engine.ts";
 
 const MAGIC = new TextEncoder().encode("RANKFLOW");
@@ -20,6 +21,8 @@ export interface EngineHeader {
   mesh: Mesh;
   inputs: GraphInput[];
   outputs: GraphInput[];
+  /** The [min, opt, max] sizes of the inputs' symbolic dims the engine serves. */
+  profiles: Profiles;
   /** Whether the payload is segments with collectives between them (the backend cannot run them inside). */
   partitioned: boolean;
   /** Whether the engine runs collectives and so must be bound to a communicator before it runs. */
@@ -28,6 +31,9 @@ export interface EngineHeader {
   /** Hex SHA-256 of the payload. */
   payloadSha256: string;
   createdBy: string;
+  /** SHA-256 of the lowered graph's text and of this rank's weights (or their files' fingerprints). */
+  graphSha256?: string;
+  weightsSha256?: string;
   /** The pipeline file that made the engine, where one did. */
   pipeline?: string;
 }

@@ -16,6 +16,7 @@ import {
   writeFileAtomic,
 } from "./engine_file.ts";
 import { deserializeSegmented, SegmentedEngine } from "./segments.ts";
+import { CompiledEngine } from "./compiled.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 
 export interface ManifestEntry {
@@ -63,23 +64,7 @@ export async function saveRankEngine(dir: string, engine: Engine, options: SaveS
   const payload = engine.serialize();
   const sha256 = await sha256Hex(payload);
   const file = join(folder, rankFileName(options.rank));
-  const partitioned = engine instanceof SegmentedEngine;
-  const header: EngineHeader = {
-    format: FORMAT_VERSION,
-    backend: engine.backend,
-    backendVersion: engine.backendVersion,
-    rank: options.rank,
-    worldSize: options.worldSize,
-    mesh: options.mesh ?? { dp: 1, tp: options.worldSize },
-    inputs: engine.inputs,
-    outputs: engine.outputs,
-    partitioned,
-    communicator: partitioned || (engine as { requiresCommunicator?: boolean }).requiresCommunicator === true,
-    payloadBytes: payload.length,
-    payloadSha256: sha256,
-    createdBy: "rankflow",
-    pipeline: options.pipeline,
-  };
+  const header = engineHeader(engine, payload.length, sha256, options);
   await writeEngineFile(join(dir, file), header, payload);
   const mine: ManifestEntry = { rank: options.rank, file, sha256 };
   const files = options.job ? await options.job.gather("engine-set", mine) : [mine];
@@ -101,6 +86,53 @@ export async function saveRankEngine(dir: string, engine: Engine, options: SaveS
   });
   await removeOtherSets(dir, folder);
   return join(dir, file);
+}
+
+/** The header of an engine file for `engine` at its place in the job. */
+export function engineHeader(
+  engine: Engine,
+  payloadBytes: number,
+  payloadSha256: string,
+  place: { rank: number; worldSize: number; mesh?: Mesh; pipeline?: string },
+): EngineHeader {
+  const compiled = engine instanceof CompiledEngine ? engine : undefined;
+  const inner = compiled?.engine ?? engine;
+  const partitioned = inner instanceof SegmentedEngine;
+  return {
+    format: FORMAT_VERSION,
+    backend: engine.backend,
+    backendVersion: engine.backendVersion,
+    rank: place.rank,
+    worldSize: place.worldSize,
+    mesh: place.mesh ?? { dp: 1, tp: place.worldSize },
+    inputs: engine.inputs,
+    outputs: engine.outputs,
+    profiles: compiled?.profiles ?? {},
+    partitioned,
+    communicator: partitioned || (inner as { requiresCommunicator?: boolean }).requiresCommunicator === true,
+    payloadBytes,
+    payloadSha256,
+    createdBy: "rankflow",
+    graphSha256: compiled?.provenance.graphSha256,
+    weightsSha256: compiled?.provenance.weightsSha256,
+    pipeline: place.pipeline ?? compiled?.provenance.pipeline,
+  };
+}
+
+/** The engine an engine file holds, made by its backend, with the profiles it was compiled for. */
+export async function engineFromFile(
+  header: EngineHeader,
+  payload: Uint8Array,
+  backend: EngineBackend,
+): Promise<CompiledEngine> {
+  const engine = header.partitioned
+    ? await deserializeSegmented(backend, payload)
+    : await backend.deserialize(payload);
+  return new CompiledEngine(engine, header.profiles ?? {}, {
+    graphSha256: header.graphSha256,
+    weightsSha256: header.weightsSha256,
+    pipeline: header.pipeline,
+  });
 }
 
 /** Older sets and files left by interrupted saves; the manifest no longer names them. */
@@ -158,7 +190,7 @@ export async function loadRankEngine(
   rank: number,
   worldSize: number,
   backends: (name: string) => EngineBackend,
-): Promise<{ engine: Engine; manifest: Manifest; header: EngineHeader }> {
+): Promise<{ engine: CompiledEngine; manifest: Manifest; header: EngineHeader }> {
   const manifestPath = join(dir, MANIFEST);
   const manifest = await readManifest(dir);
   if (manifest.worldSize !== worldSize) {
@@ -201,8 +233,5 @@ export async function loadRankEngine(
       `${path}: made by ${header.backend} version ${header.backendVersion}, this is version ${backend.version}`,
     );
   }
-  const engine = header.partitioned
-    ? await deserializeSegmented(backend, payload)
-    : await backend.deserialize(payload);
-  return { engine, manifest, header };
+  return { engine: await engineFromFile(header, payload, backend), manifest, header };
 }

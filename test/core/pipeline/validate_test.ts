@@ -60,7 +60,7 @@ Deno.test("an unknown stage is refused with a did-you-mean", async () => {
   const far = await writePipeline(pipelineText({ "name:": `name: demo\nbenchmark: { runs: 3 }` }));
   strictEqual(
     (await pipelineErrorOf(() => loadPipeline(far))).message,
-    `${far}:2:1: unknown stage or key 'benchmark'; expected one of name, world, timeouts, collectives, export, lower, compile, save, load, serve`,
+    `${far}:2:1: unknown stage or key 'benchmark'; expected one of name, world, timeouts, collectives, cache, export, lower, compile, save, load, serve`,
   );
 });
 
