@@ -1,11 +1,6 @@
 // The tokenizer of the random checkpoints rankflow makes itself: one id per UTF-8 byte (vocab 256),
 // written as an HF tokenizer.json (byte-level BPE without merges) so that any HF tool reads it,
-// and loaded, like every checkpoint's tokenizer.json, through @huggingface/tokenizers.
-
-import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
-import { join } from "node:path";
-import type { Tokenizer } from "../../core/runtime/tokenizer.ts";
-import { isFile } from "../../core/runtime/files.ts";
+// and loaded, like every checkpoint's tokenizer.json, by hf_tokenizer.ts.
 
 /** GPT-2's printable stand-in for each byte, the alphabet of byte-level BPE vocabularies. */
 export function byteAlphabet(): string[] {
@@ -45,24 +40,5 @@ export function byteTokenizerJson(): Record<string, unknown> {
   };
 }
 
-/** Loads dir/tokenizer.json (and dir/tokenizer_config.json when present). */
-export function loadTokenizer(dir: string): Tokenizer {
-  const files: Record<string, string> = {
-    "tokenizer.json": Deno.readTextFileSync(join(dir, "tokenizer.json")),
-  };
-  const configPath = join(dir, "tokenizer_config.json");
-  if (isFile(configPath)) files["tokenizer_config.json"] = Deno.readTextFileSync(configPath);
-  const json = JSON.parse(files["tokenizer.json"]);
-  const config = files["tokenizer_config.json"] ? JSON.parse(files["tokenizer_config.json"]) : {};
-  const tokenizer = new HfTokenizer(json, config);
-  // The package cleans up spaces before punctuation unless told not to; transformers 5 does not.
-  const cleanUp = config.clean_up_tokenization_spaces === true;
-  return {
-    files,
-    encode: (text) => tokenizer.encode(text, { add_special_tokens: false }).ids,
-    decode: (ids) =>
-      ids.length === 0
-        ? ""
-        : tokenizer.decode(ids, { skip_special_tokens: false, clean_up_tokenization_spaces: cleanUp }),
-  };
-}
+/** Loading lives with every other checkpoint's tokenizer; importers of this module keep finding it here. */
+export { loadTokenizer } from "./hf_tokenizer.ts";
