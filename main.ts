@@ -15,6 +15,7 @@ import hf from "./plugins/export/hf.ts";
 import { rankEngine, runOnRanks } from "./plugins/launch/tensor_parallel_ranks.ts";
 import { shareOf } from "./plugins/serve/generate.ts";
 import { onFrontRanks } from "./core/pipeline/ranks.ts";
+import { describePlan, planMemory } from "./core/pipeline/plan.ts";
 import { distributedContext } from "./core/dist/context.ts";
 import { launch } from "./core/dist/launcher.ts";
 import { shardGraph } from "./plugins/passes/tensor_parallel.ts";
@@ -66,7 +67,8 @@ const commands: Record<string, Command> = {
   check: {
     usage: "rankflow check PIPELINE [--set KEY.PATH=VALUE ...]",
     help: `Validates the pipeline: its schema, every plugin it names and every plugin's options.\n` +
-      `Prints "ok: N stages" and the stages; nothing runs and nothing is written.\n\n${SET_HELP}`,
+      `Prints "ok: N stages", the stages, and each rank's memory plan (parameters, KV cache at the\n` +
+      `largest profile, an activation estimate); nothing is built and nothing is written.\n\n${SET_HELP}`,
     options: { set: { type: "string", multiple: true } },
     positionals: 1,
     async run([file], values) {
@@ -77,6 +79,8 @@ const commands: Record<string, Command> = {
         const module = stage.use === stage.plugin.name ? "" : `  (${stage.use})`;
         console.log(`  ${stage.stage.padEnd(9)}${stage.plugin.name}${module}`);
       }
+      const plan = await planMemory(pipeline);
+      if (plan) { for (const line of describePlan(pipeline, plan)) console.log(line); }
     },
   },
   graph: {
@@ -101,6 +105,7 @@ const commands: Record<string, Command> = {
       const { exported, graph } = await exportAndLower(pipeline, {
         lower: !values["before-lower"],
         log: console.error,
+        dryRun: true,
       });
       using _exported = exported;
       writeOut(printGraph(graph));

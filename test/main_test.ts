@@ -43,11 +43,13 @@ Deno.test("check on a good pipeline prints ok and the stages", async () => {
   const { code, stdout, stderr } = await rankflow(["check", "pipelines/quickstart.yaml"]);
   strictEqual(code, 0, stderr);
   const lines = stdout.trimEnd().split("\n");
-  strictEqual(lines[0], `ok: ${lines.length - 1} stages`);
-  const stages = lines.slice(1).map((line) => line.trim().split(/\s+/)[0]).filter((stage) =>
+  const planAt = lines.findIndex((line) => line.startsWith("plan: "));
+  strictEqual(lines[0], `ok: ${planAt - 1} stages`);
+  const stages = lines.slice(1, planAt).map((line) => line.trim().split(/\s+/)[0]).filter((stage) =>
     stage !== "lower"
   );
   deepStrictEqual(stages, ["export", "compile", "save", "load", "serve"]);
+  ok(/^ {2}0 +[\d.]+ MiB +[\d.]+ MiB +[\d.]+ MiB +[\d.]+ MiB$/.test(lines[planAt + 2]), lines[planAt + 2]);
 });
 
 Deno.test("a bad pipeline prints error: lines, exits 1, shows no stack and writes nothing", async () => {

@@ -13,7 +13,7 @@ export interface Override {
   text: string;
 }
 
-/** Parses `key.path=value`; the value is read as a YAML scalar (number, boolean, string). */
+/** Parses `key.path=value`; the value is read as a YAML scalar (number, boolean, string) or flow list or mapping. */
 export function parseOverride(text: string): Override {
   const equals = text.indexOf("=");
   if (equals <= 0) {
@@ -97,7 +97,9 @@ function setAt(source: PipelineSource, path: KeyPath, value: unknown): void {
 function parseScalar(text: string): unknown {
   if (text.trim() === "") return "";
   const document = parseDocument(text);
-  // Anything but a plain scalar (`a: b`, `[1, 2]`, a parse error) is taken as the string typed.
-  if (document.errors.length > 0 || !isScalar(document.contents)) return text;
-  return document.contents.value;
+  if (document.errors.length > 0) return text;
+  if (isScalar(document.contents)) return document.contents.value;
+  // A flow list or mapping (`[1, 64, 512]`, `{seq: [1, 8, 64]}`) is read as one; anything else
+  // (`a: b`) is taken as the string typed.
+  return /^\s*[[{]/.test(text) ? document.toJS() : text;
 }

@@ -33,6 +33,8 @@ export interface StageContext {
   mesh?: Mesh;
   /** Where there are several ranks: the way to gather values from them and agree with them. */
   job?: JobChannel;
+  /** Set by `rankflow check` and `graph`: the stage must not write anything. */
+  dryRun?: boolean;
 }
 
 /** What a pass may know: the stage context plus the target engine's abilities. */

@@ -327,12 +327,12 @@ async function checkPlan(pipeline: Pipeline): Promise<void> {
 /** Exports the model and, unless `lower` is false, runs the passes: what `rankflow graph` prints. */
 export async function exportAndLower(
   pipeline: Pipeline,
-  options: RunOptions & { lower?: boolean; tp?: { rank: number; size: number } } = {},
+  options: RunOptions & { lower?: boolean; tp?: { rank: number; size: number }; dryRun?: boolean } = {},
 ): Promise<{ exported: ExportedModel; graph: Graph }> {
   if (!pipeline.export) {
     throw new PipelineError(`${pipeline.file}: the pipeline starts at load, so it has no graph to show`);
   }
-  const ctx = stageContext(pipeline, options.log ?? console.log);
+  const ctx = { ...stageContext(pipeline, options.log ?? console.log), dryRun: options.dryRun };
   const backend = pipeline.compile ? pipeline.compile.plugin.backend(pipeline.compile.options) : undefined;
   const exported = await pipeline.export.plugin.export(pipeline.export.options, ctx);
   let graph = exported.graph;

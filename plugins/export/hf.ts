@@ -75,6 +75,19 @@ export default definePlugin({
   async export(opts: Options, ctx): Promise<ExportedModel> {
     const dir = resolve(ctx.baseDir, opts.path);
     if (opts.init && !isFile(join(dir, "config.json"))) {
+      if (ctx.dryRun) {
+        // Nothing may be written: the checkpoint the first run would write is made aside and removed.
+        const aside = await Deno.makeTempDir({ prefix: "rankflow-dry-run-" });
+        await initModel(join(aside, "model"), opts.init);
+        const exported = exportCheckpoint(join(aside, "model"), opts.dtype);
+        return {
+          ...exported,
+          [Symbol.dispose]() {
+            exported[Symbol.dispose]();
+            Deno.removeSync(aside, { recursive: true });
+          },
+        };
+      }
       ctx.log(`hf: writing a random ${opts.init.preset} checkpoint (seed ${opts.init.seed}) to ${dir}`);
       await initModel(dir, opts.init);
     }
