@@ -16,6 +16,8 @@ import { rankEngine, runOnRanks } from "./plugins/launch/tensor_parallel_ranks.t
 import { shareOf } from "./plugins/serve/generate.ts";
 import { onFrontRanks } from "./core/pipeline/ranks.ts";
 import { describePlan, planMemory } from "./core/pipeline/plan.ts";
+import { featureReport, formatFeatures } from "./plugins/engines/features.ts";
+import { describeTensorRt, probeCollectives } from "./plugins/engines/tensorrt/capabilities.ts";
 import { distributedContext } from "./core/dist/context.ts";
 import { launch } from "./core/dist/launcher.ts";
 import { shardGraph } from "./plugins/passes/tensor_parallel.ts";
@@ -34,6 +36,7 @@ commands:
   logits DIR          print the logits of a Hugging Face checkpoint for given token ids, as JSON
   generate DIR        greedy-generate from a checkpoint and print the new ids, as JSON
   launch SCRIPT       run a script once per rank, like torchrun
+  features            what this machine offers: GPUs, native libraries, collective paths
   init-model DIR      write a random-weight checkpoint to DIR
 
 "rankflow COMMAND --help" describes a command. Set RANKFLOW_DEBUG=1 for stack traces.`;
@@ -80,7 +83,10 @@ const commands: Record<string, Command> = {
         console.log(`  ${stage.stage.padEnd(9)}${stage.plugin.name}${module}`);
       }
       const plan = await planMemory(pipeline);
-      if (plan) { for (const line of describePlan(pipeline, plan)) console.log(line); }
+      if (!plan) return;
+      const device = featureReport();
+      const deviceBytes = device.gpus.length > 0 && device.memoryGiB ? device.memoryGiB * 2 ** 30 : undefined;
+      for (const line of describePlan(pipeline, plan, deviceBytes)) console.log(line);
     },
   },
   graph: {
@@ -188,6 +194,21 @@ const commands: Record<string, Command> = {
           ? undefined
           : parseCount(String(values.timeout), "--timeout"),
       });
+    },
+  },
+  features: {
+    usage: "rankflow features [--tp N]",
+    help: `Prints what this machine offers: GPUs, driver and CUDA runtime, the native libraries\n` +
+      `(where each was found, or where it was looked for), and which collective path a job of --tp\n` +
+      `ranks would take, for the cuda and the tensorrt engines.\n\n` +
+      `  --tp N   the ranks of the job to choose collectives for (default 1)`,
+    options: { tp: { type: "string", default: "1" } },
+    positionals: 0,
+    run(_args, values) {
+      const tp = parseCount(String(values.tp), "--tp");
+      writeOut(formatFeatures(featureReport()) + "\n");
+      for (const line of describeTensorRt(probeCollectives(tp))) console.log(line);
+      return Promise.resolve();
     },
   },
   "init-model": {

@@ -46,7 +46,9 @@ async function serveGenerate(engine: Engine, opts: Options, ctx: ServeContext): 
   });
   const seconds = (performance.now() - start) / 1000;
   stream?.end();
-  if (replicas.size > 1) ctx.log(`replica ${replicas.rank}: prompts ${mine.start}..${mine.end - 1} in ${seconds.toFixed(2)} s`);
+  if (replicas.size > 1) {
+    ctx.log(`replica ${replicas.rank}: prompts ${mine.start}..${mine.end - 1} in ${seconds.toFixed(2)} s`);
+  }
   const gathered = await replicas.gather(generated);
   if (!gathered) return;
   const results = gathered.flat();
@@ -77,7 +79,9 @@ function promptIds(opts: Options, tokenizer: Tokenizer | undefined): number[][] 
   }
   return texts.map((text) => {
     const ids = tokenizer.encode(text);
-    if (ids.length === 0) throw new PipelineError(`serve: the prompt ${JSON.stringify(text)} encodes to no tokens`);
+    if (ids.length === 0) {
+      throw new PipelineError(`serve: the prompt ${JSON.stringify(text)} encodes to no tokens`);
+    }
     return ids;
   });
 }

@@ -1,0 +1,235 @@
+// The cuda engine on a Llama-3.2-1B-shaped model (random bf16 weights written on the GPU machine
+// by bench/make_llama.py): decode ms per step at batch 1 and 8 with 128 and 1024 tokens of
+// context, prefill of 512 and 2048 tokens; beside it PyTorch eager and torch.compile with a static
+// KV cache and CUDA graphs (bench/torch_decode.py, same weights), and the memory-bandwidth floor of
+// a decode step: the weight bytes over the device's measured copy bandwidth.
+
+import { join } from "node:path";
+import { exportCheckpoint } from "../plugins/export/hf.ts";
+import { readGraphWeights } from "../core/ir/weights.ts";
+import { cudaBackend } from "../plugins/engines/cuda.ts";
+import type { CudaEngine } from "../plugins/engines/cuda/engine.ts";
+import { check, createEvent, cudart, deviceName, elapsedMs, MEMCPY } from "../ffi/cuda.ts";
+
+const DECODE_STEPS = 40;
+const BENCH_DIR = new URL(".", import.meta.url).pathname;
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+function isFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/** Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written. */
+function copyBandwidth(engine: CudaEngine): number {
+  const bytes = 2 ** 31;
+  const ctx = engine.ctx;
+  const a = ctx.alloc(bytes);
+  const b = ctx.alloc(bytes);
+  const start = createEvent();
+  const end = createEvent();
+  const c = cudart();
+  const times: number[] = [];
+  for (let i = 0; i < 12; i++) {
+    check(c.cudaEventRecord(start, ctx.stream), "cudaEventRecord");
+    check(
+      c.cudaMemcpyAsync(i % 2 ? a : b, i % 2 ? b : a, BigInt(bytes), MEMCPY.deviceToDevice, ctx.stream),
+      "copy",
+    );
+    check(c.cudaEventRecord(end, ctx.stream), "cudaEventRecord");
+    const ms = elapsedMs(start, end);
+    if (i >= 2) times.push(ms);
+  }
+  ctx.free(a);
+  ctx.free(b);
+  return (2 * bytes) / (median(times) / 1000);
+}
+
+function randomIds(count: number, vocab: number, seed: number): number[] {
+  let state = seed;
+  return Array.from({ length: count }, () => {
+    state = (state * 1103515245 + 12345) & 0x7fffffff;
+    return state % vocab;
+  });
+}
+
+async function decodeMs(engine: CudaEngine, batch: number, context: number, vocab: number): Promise<number> {
+  using pool = engine.sequences({ slots: batch, maxLength: context + DECODE_STEPS + 16 });
+  const prompts = Array.from({ length: batch }, (_, slot) => randomIds(context, vocab, 7 + slot));
+  let tokens = await pool.greedy(prompts.map((ids, slot) => ({ slot, ids, start: 0 })));
+  const times: number[] = [];
+  for (let n = 0; n < DECODE_STEPS + 5; n++) {
+    const start = performance.now();
+    tokens = await pool.greedy(tokens.map((id, slot) => ({ slot, ids: [id], start: context + n })));
+    if (n >= 5) times.push(performance.now() - start);
+  }
+  return median(times);
+}
+
+/** Device time per kind of launch of one decode step at batch 1, context 1024. */
+async function profileDecode(
+  engine: CudaEngine,
+  vocab: number,
+  batch: number,
+): Promise<Map<string, { ms: number; launches: number }>> {
+  using pool = engine.sequences({ slots: batch, maxLength: 1024 + 16 });
+  const prompts = Array.from({ length: batch }, (_, slot) => randomIds(1024, vocab, 11 + slot));
+  const tokens = await pool.greedy(prompts.map((ids, slot) => ({ slot, ids, start: 0 })));
+  pool.profileDecode(tokens.map((id, slot) => ({ slot, ids: [id], start: 1024 })));
+  return pool.profileDecode(tokens.map((id, slot) => ({ slot, ids: [id], start: 1025 })));
+}
+
+async function prefillMs(engine: CudaEngine, length: number, vocab: number): Promise<number> {
+  using pool = engine.sequences({ slots: 1, maxLength: length + 8, prefillChunk: length });
+  const ids = randomIds(length, vocab, 3);
+  const times: number[] = [];
+  for (let i = 0; i < 6; i++) {
+    const start = performance.now();
+    await pool.greedy([{ slot: 0, ids, start: 0 }]);
+    if (i >= 1) times.push(performance.now() - start);
+  }
+  return median(times);
+}
+
+interface TorchRow {
+  mode: string;
+  what: string;
+  batch: number;
+  context: number;
+  ms: number;
+}
+
+async function torchRows(dir: string): Promise<TorchRow[]> {
+  const python = Deno.env.get("RANKFLOW_PYTHON") ?? "python3";
+  const out = await new Deno.Command(python, {
+    args: [join(BENCH_DIR, "torch_decode.py"), dir],
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  const rows = new TextDecoder().decode(out.stdout).split("\n").filter((line) => line.startsWith("torch "));
+  if (!out.success) console.error(`torch_decode.py failed (exit ${out.code}); its rows so far are shown`);
+  return rows.map((line) => JSON.parse(line.slice("torch ".length)));
+}
+
+export async function benchGpu(dirArg?: string): Promise<void> {
+  const dir = dirArg ?? "/tmp/rankflow-llama1b";
+  if (!isFile(join(dir, "config.json"))) {
+    console.log(`writing a random Llama-3.2-1B-shaped checkpoint to ${dir}`);
+    const made = await new Deno.Command(Deno.env.get("RANKFLOW_PYTHON") ?? "python3", {
+      args: [join(BENCH_DIR, "make_llama.py"), dir],
+      stdout: "inherit",
+      stderr: "inherit",
+    }).output();
+    if (!made.success) throw new Error("bench/make_llama.py failed");
+  }
+  const loadStart = performance.now();
+  using model = exportCheckpoint(dir, "bf16");
+  const weights = readGraphWeights(model.graph, model.weights);
+  using engine = await cudaBackend().build(model.graph, weights) as CudaEngine;
+  // RANKFLOW_KERNEL_ROWS: the most rows a product takes through the weight-streaming kernel (experiments).
+  const rows = Deno.env.get("RANKFLOW_KERNEL_ROWS");
+  if (rows) engine.options.kernelRows = Number(rows);
+  const vocab = model.model.vocabSize;
+  console.log(
+    `${deviceName(engine.ctx.device)}: ${
+      (engine.weights.bytes / 1e9).toFixed(3)
+    } GB of bf16 weights on the device ` +
+      `(loaded in ${((performance.now() - loadStart) / 1000).toFixed(1)} s)`,
+  );
+  const bandwidth = copyBandwidth(engine);
+  const floorMs = (engine.weights.bytes / bandwidth) * 1000;
+  const ours: TorchRow[] = [];
+  for (const batch of [1, 8]) {
+    for (const context of [128, 1024]) {
+      ours.push({
+        mode: "rankflow",
+        what: "decode",
+        batch,
+        context,
+        ms: await decodeMs(engine, batch, context, vocab),
+      });
+    }
+  }
+  for (const length of [512, 2048]) {
+    ours.push({
+      mode: "rankflow",
+      what: "prefill",
+      batch: 1,
+      context: length,
+      ms: await prefillMs(engine, length, vocab),
+    });
+  }
+  const profiles = new Map<number, Map<string, { ms: number; launches: number }>>();
+  for (const batch of [1, 8]) {
+    try {
+      profiles.set(batch, await profileDecode(engine, vocab, batch));
+    } catch (error) {
+      console.log(`no per-launch profile: ${(error as Error).message}`);
+    }
+  }
+  const theirs = Deno.env.get("RANKFLOW_BENCH_TORCH") === "0" ? [] : await torchRows(dir);
+  const find = (mode: string, what: string, batch: number, context: number) =>
+    [...ours, ...theirs].find((r) =>
+      r.mode === mode && r.what === what && r.batch === batch && r.context === context
+    )
+      ?.ms;
+  const show = (ms: number | undefined) => (ms === undefined ? "—" : ms.toFixed(3));
+  console.log(
+    `\ncopy bandwidth ${(bandwidth / 1e12).toFixed(2)} TB/s (read + write); decode floor = ` +
+      `${(engine.weights.bytes / 1e9).toFixed(3)} GB / bandwidth = ${floorMs.toFixed(3)} ms per step`,
+  );
+  console.log(`\nDecode, ms per step (median of ${DECODE_STEPS}; a step makes one token per sequence)`);
+  console.log(
+    "| batch | context | rankflow cuda | PyTorch eager | torch.compile | floor | rankflow / floor | rankflow / compile |",
+  );
+  console.log("|---:|---:|---:|---:|---:|---:|---:|---:|");
+  for (const batch of [1, 8]) {
+    for (const context of [128, 1024]) {
+      const r = find("rankflow", "decode", batch, context)!;
+      const compiled = find("compile", "decode", batch, context);
+      console.log(
+        `| ${batch} | ${context} | ${show(r)} | ${show(find("eager", "decode", batch, context))} | ${
+          show(compiled)
+        } | ` +
+          `${floorMs.toFixed(3)} | ${(r / floorMs).toFixed(2)}× | ${
+            compiled ? (r / compiled).toFixed(2) + "×" : "—"
+          } |`,
+      );
+    }
+  }
+  for (const [batch, profile] of profiles) {
+    console.log(
+      `\nOne decode step (batch ${batch}, context 1024) by kind of launch: device time between events ` +
+        "captured with the launches in a CUDA graph (each event adds about 2 µs)",
+    );
+    console.log("| launch | count | ms | share |");
+    console.log("|---|---:|---:|---:|");
+    const total = [...profile.values()].reduce((sum, entry) => sum + entry.ms, 0);
+    for (const [kind, entry] of [...profile].sort((a, b) => b[1].ms - a[1].ms)) {
+      console.log(
+        `| ${kind} | ${entry.launches} | ${entry.ms.toFixed(3)} | ${(100 * entry.ms / total).toFixed(1)}% |`,
+      );
+    }
+    console.log(
+      `| total | ${[...profile.values()].reduce((n, e) => n + e.launches, 0)} | ${total.toFixed(3)} | |`,
+    );
+  }
+  console.log("\nPrefill, ms (batch 1, median of 5)");
+  console.log("| tokens | rankflow cuda | PyTorch eager | rankflow tokens/s |");
+  console.log("|---:|---:|---:|---:|");
+  for (const length of [512, 2048]) {
+    const r = find("rankflow", "prefill", 1, length)!;
+    console.log(
+      `| ${length} | ${show(r)} | ${show(find("eager", "prefill", 1, length))} | ${
+        (length / r * 1000).toFixed(0)
+      } |`,
+    );
+  }
+}

@@ -1,0 +1,80 @@
+/* rankflow_kernels: the CUDA kernels of rankflow's cuda engine, behind a plain C ABI so that
+ * Deno FFI (ffi/kernels.ts) can call them. Every function enqueues work on `stream` (a
+ * cudaStream_t) and returns the cudaError_t of the launch (0 when it was accepted).
+ * Tensors are row-major; `ld*` arguments are row strides in elements (sizes are int: no tensor
+ * axis here comes near 2^31), so that a kernel can read
+ * one part of a wider buffer (q, k and v out of one fused projection, say). Floats are computed
+ * in f32 and rounded to the tensor's dtype on store. */
+#ifndef RANKFLOW_KERNELS_H
+#define RANKFLOW_KERNELS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* dtype codes of float tensors */
+enum { RF_F32 = 0, RF_F16 = 1, RF_BF16 = 2 };
+/* rf_unary ops */
+enum { RF_SILU = 0, RF_GELU_TANH = 1, RF_GELU_ERF = 2 };
+/* rf_binary ops */
+enum { RF_ADD = 0, RF_MUL = 1 };
+
+/* The ABI version; ffi/kernels.ts refuses a library of another version. */
+int rf_abi_version(void);
+const char* rf_error_string(int code);
+
+/* out[r, :] = table[ids[r], :] for r < rows (rows of any element size: elem_bytes 2 or 4). */
+int rf_gather_rows(int elem_bytes, const void* table, int width, int ld_table, const int32_t* ids,
+                   int rows, void* out, void* stream);
+int rf_rmsnorm(int dtype, const void* x, int ldx, const void* w, void* out, int rows, int width,
+               float eps, void* stream);
+int rf_layernorm(int dtype, const void* x, int ldx, const void* w, const void* b, void* out, int rows,
+                 int width, float eps, void* stream);
+/* Rotates halves of each head of x[tokens, heads, head_dim] at position pos[t % period]. */
+int rf_rope(int dtype, const void* x, int ldx, void* out, const int32_t* pos, int period, int tokens,
+            int heads, int head_dim, float theta, void* stream);
+int rf_unary(int dtype, int op, const void* x, int ldx, void* out, int rows, int width, void* stream);
+/* out = silu(a) * b */
+int rf_silu_mul(int dtype, const void* a, int lda, const void* b, int ldb, void* out, int rows,
+                int width, void* stream);
+/* out[i0,i1,i2,i3] = a[..] op b[..] with element strides a_strides[4], b_strides[4] (0 = broadcast). */
+int rf_binary(int dtype, int op, const void* a, const int64_t* a_strides, const void* b, const int64_t* b_strides,
+              void* out, const int64_t* shape, void* stream);
+int rf_softmax(int dtype, const void* x, void* out, int rows, int width, void* stream);
+/* out[r] = index of the largest x[r, :] (the first on ties); dtype may also be RF_F32 logits. */
+int rf_argmax(int dtype, const void* x, int ldx, int32_t* out, int rows, int width, void* stream);
+int rf_cast(int from, int to, const void* x, void* out, int n, void* stream);
+/* out = x permuted: out.shape[i] = shape[perm[i]], for up to 4 axes (pad with leading 1s). */
+int rf_permute(int elem_bytes, const void* x, void* out, const int64_t* shape, const int64_t* perm, void* stream);
+/* Copies k and v of each token into the caches [slots, kv_heads, max_len, head_dim] at
+ * (slots[t], cache_pos[t]), rotating k (rope_k) and writing q to q_out[tokens, heads, head_dim],
+ * rotated when rope_q, at rope position rope_pos[t % rope_period]. */
+int rf_qkv_prepare(int dtype, const void* q, int ldq, const void* k, int ldk, const void* v, int ldv,
+                   void* q_out, void* k_cache, void* v_cache, const int32_t* slots, const int32_t* cache_pos,
+                   const int32_t* rope_pos, int rope_period, int rope_q, int rope_k, float theta,
+                   int tokens, int heads, int kv_heads, int head_dim, int max_len, void* stream);
+/* Causal attention of q[tokens, heads, head_dim] over the caches: token t sees positions
+ * 0..cache_pos[t] of slot slots[t]. `span` bounds cache_pos[t] + 1 for every token and fixes the
+ * grid (a CUDA graph replays with span = max_len). out is [tokens, heads, head_dim]. head_dim is a
+ * multiple of 8, at most 128. For up to 64 tokens one block serves all q heads of a kv head;
+ * RANKFLOW_ATTENTION_GROUPED=0 in the environment turns that off (for comparisons). */
+int rf_attention(int dtype, const void* q, void* out, const void* k_cache, const void* v_cache,
+                 const int32_t* slots, const int32_t* cache_pos, int tokens, int heads, int kv_heads,
+                 int head_dim, int max_len, int span, float scale, float* scratch, void* stream);
+/* Bytes of f32 scratch rf_attention needs for these sizes. */
+int64_t rf_attention_scratch_bytes(int tokens, int heads, int head_dim, int span);
+/* out[m, n] = x[m, :] · w[n, :] (+ bias[n]) (+ residual[m, n]) for 1 ≤ m ≤ 8: decode products at
+ * weight-streaming speed. k and ldx must be multiples of 8 (4 for f32), pointers 16-byte aligned;
+ * residual shares out's row stride; bias and residual may be NULL. RANKFLOW_GEMV=warp in the
+ * environment picks a warp-per-row arrangement instead (slower on an H200; kept for comparisons). */
+int rf_gemv(int dtype, int m, const void* x, int ldx, const void* w, const void* bias, const void* residual,
+            void* out, int ld_out, int n, int k, void* stream);
+/* Launches an instantiated CUDA graph (cudaGraphExec_t) and waits for the stream: one call per decode step. */
+int rf_graph_launch_sync(void* exec, void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

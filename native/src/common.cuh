@@ -1,0 +1,102 @@
+// Shared helpers of the kernels: f32 conversion of every storage dtype, dtype dispatch and the
+// launch-error convention (each C entry point returns cudaGetLastError after its launch).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "rankflow_kernels.h"
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+#define RF_STREAM(s) (reinterpret_cast<cudaStream_t>(s))
+
+// Runs `body` with `T` bound to the element type of dtype code `dtype`.
+#define RF_DISPATCH(dtype, ...)                     \
+  switch (dtype) {                                   \
+    case RF_F32: {                                   \
+      using T = float;                               \
+      __VA_ARGS__;                                   \
+      break;                                         \
+    }                                                \
+    case RF_F16: {                                   \
+      using T = __half;                              \
+      __VA_ARGS__;                                   \
+      break;                                         \
+    }                                                \
+    case RF_BF16: {                                  \
+      using T = __nv_bfloat16;                       \
+      __VA_ARGS__;                                   \
+      break;                                         \
+    }                                                \
+    default:                                         \
+      return static_cast<int>(cudaErrorInvalidValue); \
+  }
+
+static inline int rf_launched() { return static_cast<int>(cudaGetLastError()); }
+
+static inline unsigned rf_blocks(int64_t n, int threads) {
+  int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 * 64 ? 65535 * 64 : blocks));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float partial[32];
+  __shared__ float total;
+  v = warp_sum(v);
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float x = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.f;
+    x = warp_sum(x);
+    if (lane == 0) total = x;
+  }
+  __syncthreads();
+  float result = total;
+  __syncthreads();
+  return result;
+}
+
+__device__ __forceinline__ float block_max(float v) {
+  __shared__ float partial[32];
+  __shared__ float total;
+  v = warp_max(v);
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float x = lane < (int)(blockDim.x >> 5) ? partial[lane] : -INFINITY;
+    x = warp_max(x);
+    if (lane == 0) total = x;
+  }
+  __syncthreads();
+  float result = total;
+  __syncthreads();
+  return result;
+}

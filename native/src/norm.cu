@@ -1,0 +1,59 @@
+// Normalizations over the last axis, one block per row: RMSNorm (Llama, Qwen2) and LayerNorm (GPT-2).
+#include "common.cuh"
+
+template <typename T>
+__global__ void rmsnorm_kernel(const T* x, int64_t ldx, const T* w, T* out, int64_t width, float eps) {
+  const T* row = x + blockIdx.x * ldx;
+  T* dst = out + blockIdx.x * width;
+  float sum = 0.f;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+    float v = to_f32(row[i]);
+    sum += v * v;
+  }
+  sum = block_sum(sum);
+  const float scale = rsqrtf(sum / (float)width + eps);
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+    dst[i] = from_f32<T>(to_f32(w[i]) * (to_f32(row[i]) * scale));
+  }
+}
+
+template <typename T>
+__global__ void layernorm_kernel(const T* x, int64_t ldx, const T* w, const T* b, T* out, int64_t width,
+                                 float eps) {
+  const T* row = x + blockIdx.x * ldx;
+  T* dst = out + blockIdx.x * width;
+  float sum = 0.f;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) sum += to_f32(row[i]);
+  const float mean = block_sum(sum) / (float)width;
+  float squares = 0.f;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+    float d = to_f32(row[i]) - mean;
+    squares += d * d;
+  }
+  const float scale = rsqrtf(block_sum(squares) / (float)width + eps);
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+    dst[i] = from_f32<T>((to_f32(row[i]) - mean) * scale * to_f32(w[i]) + to_f32(b[i]));
+  }
+}
+
+static int norm_threads(int64_t width) {
+  int threads = 32;
+  while (threads < 1024 && threads < width) threads *= 2;
+  return threads;
+}
+
+extern "C" int rf_rmsnorm(int dtype, const void* x, int ldx, const void* w, void* out, int rows,
+                          int width, float eps, void* stream) {
+  if (rows <= 0) return 0;
+  RF_DISPATCH(dtype, (rmsnorm_kernel<T><<<(unsigned)rows, norm_threads(width), 0, RF_STREAM(stream)>>>(
+                         (const T*)x, ldx, (const T*)w, (T*)out, width, eps)));
+  return rf_launched();
+}
+
+extern "C" int rf_layernorm(int dtype, const void* x, int ldx, const void* w, const void* b, void* out,
+                            int rows, int width, float eps, void* stream) {
+  if (rows <= 0) return 0;
+  RF_DISPATCH(dtype, (layernorm_kernel<T><<<(unsigned)rows, norm_threads(width), 0, RF_STREAM(stream)>>>(
+                         (const T*)x, ldx, (const T*)w, (const T*)b, (T*)out, width, eps)));
+  return rf_launched();
+}

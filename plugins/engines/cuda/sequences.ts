@@ -1,0 +1,380 @@
+// KV-cache slots on the device. Every step runs all its sequences' tokens as one flat batch: each
+// token carries its slot and position, writes its k and v into its slot's cache and attends to
+// the slot's cache up to itself, so prompts, decode tokens and sequences at different positions
+// mix freely. A decode step (one id per sequence) is captured once per batch-size bucket into a
+// CUDA graph that copies the step's ids in, runs every layer, picks the argmax and copies the ids
+// out; replaying it is one FFI call.
+
+import { checkStep, type Sequences, type SequenceStep } from "../../../core/runtime/sequences.ts";
+import { EngineError } from "../../../core/runtime/engine.ts";
+import { BYTES_PER_ELEMENT, castTensor, type Tensor, tensor, viewOf } from "../../../core/ir/tensor.ts";
+import {
+  captureGraph,
+  check as checkCuda,
+  createEvent,
+  cudart,
+  destroyGraph,
+  elapsedMs,
+  EVENT_RECORD_EXTERNAL,
+  hostAlloc,
+  hostFree,
+  MEMCPY,
+} from "../../../ffi/cuda.ts";
+import { check as checkKernel, KERNEL_DTYPE, kernels } from "../../../ffi/kernels.ts";
+import { bind, type Bound, type Caches, type View } from "./program.ts";
+import { copyOut, type CudaEngine } from "./engine.ts";
+
+export interface CudaSequenceOptions {
+  slots: number;
+  maxLength: number;
+  graphs: boolean;
+  prefillChunk: number;
+}
+
+interface Graph {
+  graph: bigint;
+  exec: bigint;
+  /** Where the replay leaves the logits. */
+  logits: View;
+}
+
+/** The i32 step buffer: ids, positions and slots of each token, then each entry's last row. */
+interface StepLayout {
+  tokens: number;
+  entries: number;
+}
+
+export class CudaSequences implements Sequences {
+  readonly slots: number;
+  readonly maxLength: number;
+  readonly #engine: CudaEngine;
+  readonly #options: CudaSequenceOptions;
+  readonly #caches: Caches;
+  readonly #lengths: number[];
+  /** Token and entry capacity of one run. */
+  readonly #tokens: number;
+  readonly #entries: number;
+  readonly #meta: bigint;
+  readonly #host: { pointer: bigint; bytes: Uint8Array<ArrayBuffer> };
+  readonly #ids: bigint;
+  readonly #arena: bigint;
+  readonly #graphs = new Map<number, Graph>();
+  readonly #allocations: bigint[] = [];
+  #disposed = false;
+
+  constructor(engine: CudaEngine, options: CudaSequenceOptions) {
+    if (!Number.isInteger(options.slots) || options.slots < 1) {
+      throw new EngineError("a pool needs at least one slot");
+    }
+    if (!Number.isInteger(options.maxLength) || options.maxLength < 1) {
+      throw new EngineError("maxLength must be ≥ 1");
+    }
+    this.#engine = engine;
+    this.#options = options;
+    this.slots = options.slots;
+    this.maxLength = options.maxLength;
+    this.#lengths = new Array(options.slots).fill(0);
+    const ctx = engine.ctx;
+    const alloc = (bytes: number) => {
+      const pointer = ctx.alloc(bytes);
+      this.#allocations.push(pointer);
+      return pointer;
+    };
+    // One slot past the pool's takes the padding rows of a bucket.
+    const cacheSlots = options.slots + 1;
+    const caches: Caches = { k: [], v: [], maxLength: options.maxLength };
+    for (const step of engine.lowered.steps) {
+      if (step.kind !== "attention") continue;
+      const dtype = engine.lowered.types.get(step.q.value)!.dtype;
+      const bytes = cacheSlots * step.kvHeads * options.maxLength * step.headDim * BYTES_PER_ELEMENT[dtype];
+      caches.k[step.layer] = alloc(bytes);
+      caches.v[step.layer] = alloc(bytes);
+    }
+    this.#caches = caches;
+    this.#entries = nextPowerOfTwo(options.slots);
+    this.#tokens = Math.max(this.#entries, Math.min(options.prefillChunk, options.slots * options.maxLength));
+    const metaBytes = 4 * (3 * this.#tokens + this.#entries);
+    this.#meta = alloc(metaBytes);
+    this.#ids = alloc(4 * this.#entries);
+    this.#host = hostAlloc(metaBytes + 4 * this.#entries);
+    const measure = this.#bind(0n, { tokens: this.#tokens, entries: this.#entries }, 1);
+    this.#arena = alloc(measure.bytes);
+  }
+
+  async step(batch: SequenceStep[]): Promise<Tensor> {
+    checkStep(batch, this);
+    this.#checkStarts(batch);
+    const rows = await this.#run(batch, false);
+    return rows.logits!;
+  }
+
+  async greedy(batch: SequenceStep[]): Promise<number[]> {
+    checkStep(batch, this);
+    this.#checkStarts(batch);
+    return (await this.#run(batch, true)).ids!;
+  }
+
+  release(slot: number): void {
+    if (slot >= 0 && slot < this.slots) this.#lengths[slot] = 0;
+  }
+
+  [Symbol.dispose](): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    const ctx = this.#engine.ctx;
+    ctx.synchronize();
+    for (const graph of this.#graphs.values()) destroyGraph(graph);
+    this.#graphs.clear();
+    for (const pointer of this.#allocations) ctx.free(pointer);
+    hostFree(this.#host.pointer);
+  }
+
+  #checkStarts(batch: SequenceStep[]): void {
+    for (const entry of batch) {
+      if (entry.start > this.#lengths[entry.slot]) {
+        throw new EngineError(
+          `slot ${entry.slot} holds ${
+            this.#lengths[entry.slot]
+          } tokens; a step cannot start at ${entry.start}`,
+        );
+      }
+    }
+  }
+
+  // deno-lint-ignore require-await -- the device calls are synchronous; the contract is async
+  async #run(batch: SequenceStep[], greedy: boolean): Promise<{ logits?: Tensor; ids?: number[] }> {
+    const decode = batch.every((entry) => entry.ids.length === 1) && batch.length <= this.#entries;
+    let result: { logits?: Tensor; ids?: number[] };
+    if (decode) {
+      result = this.#decode(batch, greedy);
+    } else {
+      // Prompts longer than a run's capacity go in chunks; only the last chunk's logits are kept.
+      const ids: number[] = new Array(batch.length);
+      const logits: Float32Array[] = new Array(batch.length);
+      let pending = batch.map((entry, index) => ({ ...entry, index }));
+      while (pending.length) {
+        const group: typeof pending = [];
+        const rest: typeof pending = [];
+        let used = 0;
+        for (const entry of pending) {
+          const room = this.#tokens - used;
+          if (room <= 0 || group.length === this.#entries) {
+            rest.push(entry);
+            continue;
+          }
+          const take = Math.min(room, entry.ids.length);
+          group.push({ ...entry, ids: entry.ids.slice(0, take) });
+          used += take;
+          if (take < entry.ids.length) {
+            rest.push({ ...entry, ids: entry.ids.slice(take), start: entry.start + take });
+          }
+        }
+        const out = this.#eager(group, greedy);
+        group.forEach((entry, row) => {
+          if (greedy) ids[entry.index] = out.ids![row];
+          else logits[entry.index] = out.rows![row];
+        });
+        pending = rest;
+      }
+      result = greedy ? { ids } : { logits: stack(logits) };
+    }
+    for (const entry of batch) this.#lengths[entry.slot] = entry.start + entry.ids.length;
+    return result;
+  }
+
+  /** Fills the pinned step buffer; returns the tokens of the run. */
+  #fill(batch: SequenceStep[], layout: StepLayout): number {
+    const words = new Int32Array(this.#host.bytes.buffer, 0, 3 * this.#tokens + this.#entries);
+    const idsAt = 0;
+    const posAt = this.#tokens;
+    const slotsAt = 2 * this.#tokens;
+    const lastAt = 3 * this.#tokens;
+    let t = 0;
+    batch.forEach((entry, row) => {
+      entry.ids.forEach((id, i) => {
+        words[idsAt + t] = id;
+        words[posAt + t] = entry.start + i;
+        words[slotsAt + t] = entry.slot;
+        t++;
+      });
+      words[lastAt + row] = t - 1;
+    });
+    // Padding rows of a bucket write into the spare slot at position 0.
+    for (let row = batch.length; row < layout.entries; row++) {
+      words[idsAt + t] = 0;
+      words[posAt + t] = 0;
+      words[slotsAt + t] = this.slots;
+      words[lastAt + row] = t;
+      t++;
+    }
+    return t;
+  }
+
+  #bind(base: bigint, layout: StepLayout, span: number): Bound {
+    const engine = this.#engine;
+    const stepView = (name: string, shape: number[]): View => ({
+      ptr: this.#meta + (name === "ids" ? 0n : BigInt(4 * this.#tokens)),
+      dtype: "i32",
+      shape,
+      ld: shape.at(-1)!,
+      width: shape.at(-1)!,
+      capacity: this.#tokens,
+    });
+    return bind(
+      engine.lowered.steps,
+      engine.bindContext({
+        mode: "sequence",
+        dims: new Map([["batch", 1], ["seq", layout.tokens], ["past", 0], ["__entries", layout.entries]]),
+        capacity: new Map([["batch", 1], ["seq", this.#tokens], ["past", 0], ["__entries", this.#entries]]),
+        base,
+        external: new Map([
+          ["ids", stepView("ids", [1, layout.tokens])],
+          ["pos", stepView("pos", [layout.tokens])],
+        ]),
+        meta: {
+          slots: this.#meta + BigInt(8 * this.#tokens),
+          cachePos: this.#meta + BigInt(4 * this.#tokens),
+          lastRows: this.#meta + BigInt(12 * this.#tokens),
+          entries: layout.entries,
+          span,
+        },
+        caches: this.#caches,
+      }),
+    );
+  }
+
+  /** The launches of a run, with the step buffer copied in first and (greedy) ids copied out last. */
+  #enqueue(layout: StepLayout, span: number, greedy: boolean): { logits: View } {
+    const bound = this.#bind(this.#arena, layout, span);
+    const stream = this.#engine.ctx.stream;
+    const c = cudart();
+    const metaBytes = 4 * (3 * this.#tokens + this.#entries);
+    checkCuda(
+      c.cudaMemcpyAsync(this.#meta, this.#host.pointer, BigInt(metaBytes), MEMCPY.hostToDevice, stream),
+      "copy of the step to the device",
+    );
+    for (const launch of bound.launches) launch();
+    const logits = bound.views.get("logits");
+    if (!logits) throw new EngineError("the graph has no output named logits");
+    if (greedy) {
+      const k = kernels();
+      const dtype = KERNEL_DTYPE[logits.dtype as "f32" | "f16" | "bf16"];
+      const [rows, vocab] = logits.shape;
+      checkKernel(k.rf_argmax(dtype, logits.ptr, logits.ld, this.#ids, rows, vocab, stream), "argmax");
+      checkCuda(
+        c.cudaMemcpyAsync(
+          this.#host.pointer + BigInt(metaBytes),
+          this.#ids,
+          BigInt(4 * rows),
+          MEMCPY.deviceToHost,
+          stream,
+        ),
+        "copy of the ids from the device",
+      );
+    }
+    return { logits };
+  }
+
+  #eager(batch: SequenceStep[], greedy: boolean): { ids?: number[]; rows?: Float32Array[] } {
+    const layout = { tokens: 0, entries: batch.length };
+    layout.tokens = this.#fill(batch, layout);
+    const span = Math.max(...batch.map((entry) => entry.start + entry.ids.length));
+    const { logits } = this.#enqueue(layout, span, greedy);
+    this.#engine.ctx.synchronize();
+    return greedy ? { ids: this.#readIds(batch.length) } : { rows: this.#readLogits(logits, batch.length) };
+  }
+
+  #decode(batch: SequenceStep[], greedy: boolean): { logits?: Tensor; ids?: number[] } {
+    const bucket = nextPowerOfTwo(batch.length);
+    const layout = { tokens: bucket, entries: bucket };
+    this.#fill(batch, layout);
+    const graph = this.#options.graphs ? this.#graphs.get(bucket) : undefined;
+    let logits: View;
+    if (graph) {
+      checkKernel(kernels().rf_graph_launch_sync(graph.exec, this.#engine.ctx.stream), "decode graph replay");
+      logits = graph.logits;
+    } else {
+      // The first step of a bucket runs eagerly (choosing cuBLASLt algorithms), then is captured.
+      logits = this.#enqueue(layout, this.maxLength, true).logits;
+      this.#engine.ctx.synchronize();
+      if (this.#options.graphs) {
+        const stream = this.#engine.ctx.stream;
+        const captured = captureGraph(stream, () => this.#enqueue(layout, this.maxLength, true));
+        this.#graphs.set(bucket, { ...captured, logits });
+      }
+    }
+    if (greedy) return { ids: this.#readIds(batch.length) };
+    return { logits: stack(this.#readLogits(logits, batch.length)) };
+  }
+
+  /** Device time of each kind of launch in one decode step of `batch` (ms), for benchmarks. */
+  profileDecode(batch: SequenceStep[]): Map<string, { ms: number; launches: number }> {
+    checkStep(batch, this);
+    this.#checkStarts(batch);
+    const layout = { tokens: batch.length, entries: batch.length };
+    this.#fill(batch, layout);
+    const bound = this.#bind(this.#arena, layout, this.maxLength);
+    const stream = this.#engine.ctx.stream;
+    const c = cudart();
+    const metaBytes = 4 * (3 * this.#tokens + this.#entries);
+    checkCuda(
+      c.cudaMemcpyAsync(this.#meta, this.#host.pointer, BigInt(metaBytes), MEMCPY.hostToDevice, stream),
+      "copy of the step to the device",
+    );
+    this.#engine.ctx.synchronize();
+    // Events between the launches, captured into a graph with them, so that host gaps stay out.
+    const events = Array.from({ length: bound.launches.length + 1 }, () => createEvent());
+    const graph = captureGraph(stream, () => {
+      bound.launches.forEach((launch, i) => {
+        checkCuda(c.cudaEventRecordWithFlags(events[i], stream, EVENT_RECORD_EXTERNAL), "cudaEventRecord");
+        launch();
+      });
+      checkCuda(c.cudaEventRecordWithFlags(events.at(-1)!, stream, EVENT_RECORD_EXTERNAL), "cudaEventRecord");
+    });
+    for (let replay = 0; replay < 2; replay++) {
+      checkKernel(kernels().rf_graph_launch_sync(graph.exec, stream), "profile replay");
+    }
+    destroyGraph(graph);
+    const totals = new Map<string, { ms: number; launches: number }>();
+    bound.labels.forEach((label, i) => {
+      const kind = label.replace(/ of layer \d+$/, "").replace(/ .*$/, "");
+      const entry = totals.get(kind) ?? { ms: 0, launches: 0 };
+      entry.ms += elapsedMs(events[i], events[i + 1]);
+      entry.launches++;
+      totals.set(kind, entry);
+    });
+    for (const event of events) checkCuda(c.cudaEventDestroy(event), "cudaEventDestroy");
+    for (const entry of batch) this.#lengths[entry.slot] = entry.start + 1;
+    return totals;
+  }
+
+  #readIds(count: number): number[] {
+    const offset = 4 * (3 * this.#tokens + this.#entries);
+    return Array.from(new Int32Array(this.#host.bytes.buffer, offset, count));
+  }
+
+  #readLogits(logits: View, count: number): Float32Array[] {
+    const [, vocab] = logits.shape;
+    const bytes = new Uint8Array(logits.ld * count * BYTES_PER_ELEMENT[logits.dtype]);
+    copyOut(bytes, logits.ptr, this.#engine.ctx.stream);
+    const all = castTensor(
+      tensor(logits.dtype, [count, logits.ld], viewOf(logits.dtype, bytes.buffer)),
+      "f32",
+    );
+    const values = all.data as Float32Array;
+    return Array.from({ length: count }, (_, row) => values.slice(row * logits.ld, row * logits.ld + vocab));
+  }
+}
+
+function nextPowerOfTwo(n: number): number {
+  let p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+function stack(rows: Float32Array[]): Tensor {
+  const vocab = rows[0].length;
+  const out = new Float32Array(rows.length * vocab);
+  rows.forEach((row, i) => out.set(row, i * vocab));
+  return tensor("f32", [rows.length, vocab], out);
+}
