@@ -15,7 +15,8 @@ import {
 import { CUBLASLT, cublasLtVersion } from "../../ffi/cublaslt.ts";
 import { NCCL, ncclVersion } from "../../ffi/nccl.ts";
 import { NVRTC, nvrtcVersion } from "../../ffi/nvrtc.ts";
-import { findLibrary, type LibrarySpec } from "../../ffi/discover.ts";
+import { findLibrary, type LibrarySpec, overrideVariable } from "../../ffi/discover.ts";
+import { KERNELS } from "../../ffi/kernels.ts";
 import { KERNELS_LIBRARY } from "../../native/build.ts";
 
 export interface GpuInfo {
@@ -70,7 +71,7 @@ export function featureReport(): FeatureReport {
   const report: FeatureReport = {
     gpus,
     libraries: [],
-    kernels: { path: KERNELS_LIBRARY, built: isFile(KERNELS_LIBRARY) },
+    kernels: kernelsLibrary(),
     collectives: "between engine segments, over tcp (cpu engine)",
   };
   if (probe.count === 0) report.gpuProblem = probe.reason;
@@ -145,4 +146,16 @@ function isFile(path: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** The kernels library the cuda engine would load: the override where one is set, else the build's. */
+function kernelsLibrary(): { path: string; built: boolean } {
+  if (Deno.env.get(overrideVariable(KERNELS))) {
+    try {
+      return { path: findLibrary(KERNELS).path, built: true };
+    } catch (error) {
+      return { path: (error as Error).message, built: false };
+    }
+  }
+  return { path: KERNELS_LIBRARY, built: isFile(KERNELS_LIBRARY) };
 }
