@@ -113,6 +113,11 @@ export interface ServeContext extends StageContext {
   replicas?: Replicas;
 }
 
+/** The port replica r of a data-parallel job listens on: port + r (0 stays 0, a free port). */
+export function replicaPort(port: number, ctx: ServeContext): number {
+  return port === 0 ? 0 : port + (ctx.replicas?.rank ?? 0);
+}
+
 /** The data-parallel replicas of a job, as the front rank of one of them sees them. */
 export interface Replicas {
   rank: number;

@@ -4,7 +4,7 @@
 // leading batch size, and /metrics for Prometheus.
 
 import { z } from "zod";
-import { definePlugin, type ServeContext } from "../../core/pipeline/plugin.ts";
+import { definePlugin, replicaPort, type ServeContext } from "../../core/pipeline/plugin.ts";
 import { PipelineError } from "../../core/pipeline/errors.ts";
 import type { Engine } from "../../core/runtime/engine.ts";
 import { asServeError, ServeError } from "../../core/serve/errors.ts";
@@ -21,7 +21,7 @@ import { METRICS_CONTENT_TYPE, MetricsRegistry } from "../../core/serve/metrics.
 
 export const options = z.object({
   port: z.number().int().min(0).max(65535).default(8000).describe(
-    "TCP port to listen on; 0 picks a free one",
+    "TCP port to listen on; 0 picks a free one; replica r of a data-parallel job listens on port + r",
   ),
   host: z.string().default("127.0.0.1").describe("address to listen on; 0.0.0.0 for every interface"),
   model: z.string().regex(/^[\w.-]+$/).default("rankflow").describe("the model name in /v2/models/{name}"),
@@ -45,7 +45,7 @@ export default definePlugin({
 });
 
 async function serveKServe(engine: Engine, opts: Options, ctx: ServeContext): Promise<void> {
-  const server = startKServeServer(engine, opts, ctx);
+  const server = startKServeServer(engine, { ...opts, port: replicaPort(opts.port, ctx) }, ctx);
   ctx.log(`kserve: serving ${opts.model} on ${server.url}/v2/models/${opts.model} (Ctrl-C stops)`);
   await waitForSignal(server.finished, ctx.log);
   await server.shutdown();

@@ -4,7 +4,7 @@
 // SIGINT or SIGTERM.
 
 import { z } from "zod";
-import { definePlugin, type ServeContext } from "../../core/pipeline/plugin.ts";
+import { definePlugin, replicaPort, type ServeContext } from "../../core/pipeline/plugin.ts";
 import { PipelineError } from "../../core/pipeline/errors.ts";
 import type { Engine } from "../../core/runtime/engine.ts";
 import { openSequences } from "../../core/runtime/sequences.ts";
@@ -28,7 +28,7 @@ import { completeAll, now, renderChat, streamChoices, usage } from "../../core/s
 
 export const options = z.object({
   port: z.number().int().min(0).max(65535).default(8000).describe(
-    "TCP port to listen on; 0 picks a free one",
+    "TCP port to listen on; 0 picks a free one; replica r of a data-parallel job listens on port + r",
   ),
   host: z.string().default("127.0.0.1").describe("address to listen on; 0.0.0.0 for every interface"),
   model: z.string().min(1).default("rankflow").describe("the model name clients send and /v1/models lists"),
@@ -56,7 +56,7 @@ export default definePlugin({
 });
 
 async function serveOpenAI(engine: Engine, opts: Options, ctx: ServeContext): Promise<void> {
-  const server = startOpenAIServer(engine, opts, ctx);
+  const server = startOpenAIServer(engine, { ...opts, port: replicaPort(opts.port, ctx) }, ctx);
   ctx.log(`openai: serving ${opts.model} on ${server.url}/v1 (Ctrl-C stops)`);
   await waitForSignal(server.finished, ctx.log);
   await server.shutdown();

@@ -5,6 +5,7 @@ import { ok, strictEqual } from "node:assert";
 import { join } from "node:path";
 import { loadTokenizer } from "../../../plugins/export/hf_tokenizer.ts";
 import { postJson } from "./helpers.ts";
+import { type ModelInfo, replicaPort } from "../../../core/pipeline/plugin.ts";
 
 const ROOT = new URL("../../../", import.meta.url).pathname;
 
@@ -104,3 +105,17 @@ function rankPid(parent: number, rank: number): number | undefined {
   }
   return undefined;
 }
+
+Deno.test("serve: replica r of a data-parallel job listens on port + r; port 0 stays a free port", () => {
+  const ctx = (rank?: number) => ({
+    baseDir: "/",
+    rank: 0,
+    worldSize: 1,
+    log: () => {},
+    model: {} as ModelInfo,
+    replicas: rank === undefined ? undefined : { rank, size: 2, gather: () => Promise.resolve(undefined) },
+  });
+  strictEqual(replicaPort(8000, ctx()), 8000);
+  strictEqual(replicaPort(8000, ctx(1)), 8001);
+  strictEqual(replicaPort(0, ctx(1)), 0);
+});
