@@ -106,16 +106,29 @@ interface TorchRow {
   ms: number;
 }
 
+/** PyTorch's rows, each echoed to stderr as it arrives (a run cut short still shows those it made). */
 async function torchRows(dir: string): Promise<TorchRow[]> {
   const python = Deno.env.get("RANKFLOW_PYTHON") ?? "python3";
-  const out = await new Deno.Command(python, {
+  const child = new Deno.Command(python, {
     args: [join(BENCH_DIR, "torch_decode.py"), dir],
     stdout: "piped",
     stderr: "inherit",
-  }).output();
-  const rows = new TextDecoder().decode(out.stdout).split("\n").filter((line) => line.startsWith("torch "));
-  if (!out.success) console.error(`torch_decode.py failed (exit ${out.code}); its rows so far are shown`);
-  return rows.map((line) => JSON.parse(line.slice("torch ".length)));
+  }).spawn();
+  const rows: TorchRow[] = [];
+  let pending = "";
+  for await (const text of child.stdout.pipeThrough(new TextDecoderStream())) {
+    const lines = (pending + text).split("\n");
+    pending = lines.pop()!;
+    for (const line of lines.filter((line) => line.startsWith("torch "))) {
+      console.error(line);
+      rows.push(JSON.parse(line.slice("torch ".length)));
+    }
+  }
+  const status = await child.status;
+  if (!status.success) {
+    console.error(`torch_decode.py failed (exit ${status.code}); its rows so far are shown`);
+  }
+  return rows;
 }
 
 export async function benchGpu(dirArg?: string): Promise<void> {
@@ -133,9 +146,6 @@ export async function benchGpu(dirArg?: string): Promise<void> {
   using model = exportCheckpoint(dir, "bf16");
   const weights = readGraphWeights(model.graph, model.weights);
   using engine = await cudaBackend().build(model.graph, weights) as CudaEngine;
-  // RANKFLOW_KERNEL_ROWS: the most rows a product takes through the weight-streaming kernel (experiments).
-  const rows = Deno.env.get("RANKFLOW_KERNEL_ROWS");
-  if (rows) engine.options.kernelRows = Number(rows);
   const vocab = model.model.vocabSize;
   console.log(
     `${deviceName(engine.ctx.device)}: ${
@@ -155,6 +165,7 @@ export async function benchGpu(dirArg?: string): Promise<void> {
         context,
         ms: await decodeMs(engine, batch, context, vocab),
       });
+      console.error(`rankflow ${JSON.stringify(ours.at(-1))}`);
     }
   }
   for (const length of [512, 2048]) {
@@ -165,6 +176,7 @@ export async function benchGpu(dirArg?: string): Promise<void> {
       context: length,
       ms: await prefillMs(engine, length, vocab),
     });
+    console.error(`rankflow ${JSON.stringify(ours.at(-1))}`);
   }
   const profiles = new Map<number, Map<string, { ms: number; launches: number }>>();
   for (const batch of [1, 8]) {

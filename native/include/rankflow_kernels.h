@@ -58,8 +58,8 @@ int rf_qkv_prepare(int dtype, const void* q, int ldq, const void* k, int ldk, co
 /* Causal attention of q[tokens, heads, head_dim] over the caches: token t sees positions
  * 0..cache_pos[t] of slot slots[t]. `span` bounds cache_pos[t] + 1 for every token and fixes the
  * grid (a CUDA graph replays with span = max_len). out is [tokens, heads, head_dim]. head_dim is a
- * multiple of 8, at most 128. For up to 64 tokens one block serves all q heads of a kv head;
- * RANKFLOW_ATTENTION_GROUPED=0 in the environment turns that off (for comparisons). */
+ * multiple of 8, at most 128. Up to 64 tokens (decode) split the keys over blocks and merge the
+ * chunks; more tokens in f16/bf16 with head_dim 16, 32, 64 or 128 run on tensor cores (no scratch). */
 int rf_attention(int dtype, const void* q, void* out, const void* k_cache, const void* v_cache,
                  const int32_t* slots, const int32_t* cache_pos, int tokens, int heads, int kv_heads,
                  int head_dim, int max_len, int span, float scale, float* scratch, void* stream);
@@ -67,8 +67,7 @@ int rf_attention(int dtype, const void* q, void* out, const void* k_cache, const
 int64_t rf_attention_scratch_bytes(int tokens, int heads, int head_dim, int span);
 /* out[m, n] = x[m, :] · w[n, :] (+ bias[n]) (+ residual[m, n]) for 1 ≤ m ≤ 8: decode products at
  * weight-streaming speed. k and ldx must be multiples of 8 (4 for f32), pointers 16-byte aligned;
- * residual shares out's row stride; bias and residual may be NULL. RANKFLOW_GEMV=warp in the
- * environment picks a warp-per-row arrangement instead (slower on an H200; kept for comparisons). */
+ * residual shares out's row stride; bias and residual may be NULL. */
 int rf_gemv(int dtype, int m, const void* x, int ldx, const void* w, const void* bias, const void* residual,
             void* out, int ld_out, int n, int k, void* stream);
 /* Launches an instantiated CUDA graph (cudaGraphExec_t) and waits for the stream: one call per decode step. */

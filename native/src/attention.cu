@@ -1,11 +1,11 @@
 // Attention: rotary embedding, writing k and v into per-slot KV caches, and causal attention of
-// each token over its slot's cache up to its own position. Attention runs in two launches: each
-// block scores a chunk of keys for a tile of tokens that share a slot and leaves a partial
+// each token over its slot's cache up to its own position. Runs of many f16/bf16 tokens (prompts)
+// go to the tensor-core kernel of prefill_attention.cu. Otherwise attention runs in two launches:
+// each block scores a chunk of keys for a tile of tokens that share a slot and leaves a partial
 // (max, sum, weighted values); a second launch merges the chunks (split-K, so a single decode
 // token still spreads over many blocks).
-#include <stdlib.h>
-
 #include "common.cuh"
+#include "prefill_attention.cuh"
 
 static const int CHUNK = 128;      // keys per block
 static const int TOKEN_TILE = 8;   // tokens of one slot scored together per block
@@ -262,9 +262,6 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_partial_kernel(
     __syncthreads();
     first = last;
   }
-#undef QTOKEN
-#undef QHEAD
-#undef PARTIAL
 }
 
 template <typename T>
@@ -330,13 +327,18 @@ extern "C" int rf_attention(int dtype, const void* q, void* out, const void* k_c
       span > max_len) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
+  // Decode batches hold one token per slot: a block per token spreads them, and a block takes all
+  // q heads of one kv head (reading each K/V chunk once for them). Longer runs of one slot
+  // (prompts) run on tensor cores where the dtype and head_dim allow, else share each K/V chunk
+  // among a tile of tokens.
+  const bool decode = tokens <= 64;
+  if (!decode && tensor_core_prefill_fits(dtype, head_dim)) {
+    return tensor_core_prefill(dtype, q, out, k_cache, v_cache, slots, cache_pos, tokens, heads, kv_heads, head_dim,
+                               max_len, scale, RF_STREAM(stream));
+  }
+  const int tile = decode ? 1 : TOKEN_TILE;
+  const int grouped = decode && heads / kv_heads <= TOKEN_TILE ? 1 : 0;
   const int chunks = chunks_of(span);
-  // Decode batches hold one token per slot: a block per token spreads them; longer runs of one
-  // slot (prefill) share each K/V chunk among a tile of tokens.
-  const int tile = tokens <= 64 ? 1 : TOKEN_TILE;
-  // A decode block takes all q heads of one kv head, reading each K/V chunk once for them.
-  const char* choice = getenv("RANKFLOW_ATTENTION_GROUPED");
-  const int grouped = tile == 1 && heads / kv_heads <= TOKEN_TILE && !(choice && choice[0] == '0') ? 1 : 0;
   const dim3 grid((unsigned)((tokens + tile - 1) / tile), (unsigned)(grouped ? kv_heads : heads), (unsigned)chunks);
   RF_DISPATCH(dtype, {
     const size_t bytes = sizeof(float) * (TOKEN_TILE * head_dim + TOKEN_TILE * CHUNK) + sizeof(int) * TOKEN_TILE +

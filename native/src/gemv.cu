@@ -2,8 +2,6 @@
 // (+ residual[m, n]) for m < 8. Reading the weight once at full bandwidth is all that matters, so
 // each block takes 4 weight rows, its 256 threads stride over K with 16-byte loads, and every
 // loaded weight vector is used for all M rows of x (kept in cache), accumulating in f32.
-#include <stdlib.h>
-
 #include "common.cuh"
 
 static const int GEMV_THREADS = 256;
@@ -72,91 +70,13 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const T* x, int ldx,
   }
 }
 
-// Another arrangement, chosen with RANKFLOW_GEMV=warp for comparison: each warp owns whole rows
-// (no block-wide reduction), its lanes striding over K with four 16-byte loads in flight.
-static const int WARP_ROWS = 2;
-
-template <typename T, int M>
-__global__ void __launch_bounds__(GEMV_THREADS) gemv_warp_kernel(const T* x, int ldx, const T* w, const T* bias,
-                                                                 const T* residual, T* out, int ld_out, int n,
-                                                                 int k) {
-  constexpr int V = 16 / sizeof(T);
-  constexpr int UNROLL = 4;
-  const int lane = threadIdx.x & 31;
-  const int warp = (blockIdx.x * GEMV_THREADS + threadIdx.x) >> 5;
-  const int row0 = warp * WARP_ROWS;
-  if (row0 >= n) return;
-  float acc[WARP_ROWS][M];
-#pragma unroll
-  for (int r = 0; r < WARP_ROWS; r++)
-#pragma unroll
-    for (int m = 0; m < M; m++) acc[r][m] = 0.f;
-  const int step = 32 * V;
-  for (int base = 0; base < k; base += step * UNROLL) {
-    uint4 wraw[WARP_ROWS][UNROLL];
-#pragma unroll
-    for (int r = 0; r < WARP_ROWS; r++) {
-      const int row = min(row0 + r, n - 1);
-#pragma unroll
-      for (int u = 0; u < UNROLL; u++) {
-        const int k0 = base + u * step + lane * V;
-        wraw[r][u] = k0 < k ? __ldg(reinterpret_cast<const uint4*>(w + (int64_t)row * k + k0)) : make_uint4(0, 0, 0, 0);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < UNROLL; u++) {
-      const int k0 = base + u * step + lane * V;
-      if (k0 >= k) break;
-#pragma unroll
-      for (int m = 0; m < M; m++) {
-        float xv[V];
-        unpack<T>(*reinterpret_cast<const uint4*>(x + (int64_t)m * ldx + k0), xv);
-#pragma unroll
-        for (int r = 0; r < WARP_ROWS; r++) {
-          float wv[V];
-          unpack<T>(wraw[r][u], wv);
-#pragma unroll
-          for (int i = 0; i < V; i++) acc[r][m] += xv[i] * wv[i];
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < WARP_ROWS; r++) {
-    const int row = row0 + r;
-#pragma unroll
-    for (int m = 0; m < M; m++) {
-      float total = warp_sum(acc[r][m]);
-      if (lane == 0 && row < n) {
-        if (bias) total += to_f32(bias[row]);
-        if (residual) total += to_f32(residual[(int64_t)m * ld_out + row]);
-        out[(int64_t)m * ld_out + row] = from_f32<T>(total);
-      }
-    }
-  }
-}
-
-static int gemv_arrangement() {
-  static int chosen = -1;
-  if (chosen < 0) {
-    const char* value = getenv("RANKFLOW_GEMV");
-    chosen = value && value[0] == 'w' ? 1 : 0;
-  }
-  return chosen;
-}
-
 template <typename T>
 static int gemv(int m, const T* x, int ldx, const T* w, const T* bias, const T* residual, T* out, int ld_out, int n,
                 int k, cudaStream_t stream) {
-  const bool by_warp = gemv_arrangement() == 1;
-  const unsigned blocks = by_warp ? (unsigned)((n + WARP_ROWS * 8 - 1) / (WARP_ROWS * 8))
-                                  : (unsigned)((n + GEMV_ROWS - 1) / GEMV_ROWS);
-#define RF_GEMV_CASE(M)                                                                                          \
-  case M:                                                                                                        \
-    if (by_warp)                                                                                                 \
-      gemv_warp_kernel<T, M><<<blocks, GEMV_THREADS, 0, stream>>>(x, ldx, w, bias, residual, out, ld_out, n, k); \
-    else                                                                                                         \
-      gemv_kernel<T, M><<<blocks, GEMV_THREADS, 0, stream>>>(x, ldx, w, bias, residual, out, ld_out, n, k);      \
+  const unsigned blocks = (unsigned)((n + GEMV_ROWS - 1) / GEMV_ROWS);
+#define RF_GEMV_CASE(M)                                                                                    \
+  case M:                                                                                                  \
+    gemv_kernel<T, M><<<blocks, GEMV_THREADS, 0, stream>>>(x, ldx, w, bias, residual, out, ld_out, n, k); \
     break;
   switch (m) {
     RF_GEMV_CASE(1)

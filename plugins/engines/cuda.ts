@@ -35,7 +35,7 @@ export function cudaBackend(opts: Partial<Options> = {}): EngineBackend {
     device: opts.device ?? Number(Deno.env.get("LOCAL_RANK") ?? 0),
     graphs: opts.cuda_graphs ?? true,
     prefillChunk: opts.prefill_chunk ?? 2048,
-    kernelRows: opts.kernel_rows ?? Number(Deno.env.get("RANKFLOW_KERNEL_ROWS") ?? 1),
+    kernelRows: opts.kernel_rows ?? 1,
   });
   return {
     name: "cuda",

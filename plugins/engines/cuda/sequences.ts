@@ -21,7 +21,8 @@ import {
   MEMCPY,
 } from "../../../ffi/cuda.ts";
 import { check as checkKernel, KERNEL_DTYPE, kernels } from "../../../ffi/kernels.ts";
-import { bind, type Bound, type Caches, type View } from "./program.ts";
+import { bind, type Bound, type Caches } from "./program.ts";
+import type { View } from "./views.ts";
 import { copyOut, type CudaEngine } from "./engine.ts";
 
 export interface CudaSequenceOptions {

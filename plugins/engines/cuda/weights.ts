@@ -2,7 +2,7 @@
 // the concatenation of its parts' weights ([N, K] rows, matmul weights transposed) and biases.
 
 import type { Lowered } from "./lower.ts";
-import type { View } from "./program.ts";
+import type { View } from "./views.ts";
 import type { DeviceContext } from "./device.ts";
 import { upload } from "../../../ffi/cuda.ts";
 import { allocate, castTensor, type DType, numel, type Tensor, tensor } from "../../../core/ir/tensor.ts";
