@@ -6,7 +6,8 @@ import type { Graph } from "../ir/graph.ts";
 import { evalDim } from "../ir/dims.ts";
 import { BYTES_PER_ELEMENT, type DType, isFloat } from "../ir/tensor.ts";
 import { sequenceLimits } from "../runtime/profiles.ts";
-import { exportAndLower, type Pipeline } from "./runner.ts";
+import { exportAndLower } from "./runner.ts";
+import type { Pipeline } from "./pipeline.ts";
 
 export interface RankPlan {
   /** The rank's place in its replica's tensor-parallel group; every replica has the same plan. */

@@ -14,7 +14,7 @@ import type { Engine, EngineBackend } from "../runtime/engine.ts";
 import { buildSegmented } from "../runtime/segments.ts";
 import type { Replicas } from "./plugin.ts";
 import { resolvePlugin } from "./resolve.ts";
-import type { Pipeline, PipelineStage } from "./runner.ts";
+import type { Pipeline, PipelineStage } from "./pipeline.ts";
 
 const MAIN = fileURLToPath(new URL("../../main.ts", import.meta.url));
 

@@ -1,6 +1,6 @@
 // The pipeline file's schema, and how zod's findings read as errors that point into the file.
 // The stages' own options are not checked here: each plugin's zod schema checks them once the
-// plugin is resolved (see runner.ts); here a stage is `use:` plus whatever sits beside it.
+// plugin is resolved (see pipeline.ts); here a stage is `use:` plus whatever sits beside it.
 
 import { z } from "zod";
 import { closestName } from "../ir/registry.ts";

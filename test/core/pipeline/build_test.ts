@@ -2,7 +2,8 @@
 
 import { deepStrictEqual, ok, rejects, strictEqual } from "node:assert";
 import { join } from "node:path";
-import { loadPipeline, runPipeline } from "../../../core/pipeline/runner.ts";
+import { runPipeline } from "../../../core/pipeline/runner.ts";
+import { loadPipeline } from "../../../core/pipeline/pipeline.ts";
 import { compileEngine } from "../../../core/pipeline/build.ts";
 import { cpuBackend } from "../../../plugins/engines/cpu.ts";
 import hf from "../../../plugins/export/hf.ts";

@@ -1,7 +1,7 @@
 import { deepStrictEqual, strictEqual, throws } from "node:assert";
 import { parsePipelineText } from "../../../core/pipeline/load.ts";
 import { applyOverrides, parseOverride } from "../../../core/pipeline/overrides.ts";
-import { loadPipeline } from "../../../core/pipeline/runner.ts";
+import { loadPipeline } from "../../../core/pipeline/pipeline.ts";
 import { fixture, modelFixture, pipelineErrorOf, writePipeline } from "./helpers.ts";
 
 const TEXT = `name: demo

@@ -1,5 +1,5 @@
 import { deepStrictEqual, ok, strictEqual } from "node:assert";
-import { loadPipeline } from "../../../core/pipeline/runner.ts";
+import { loadPipeline } from "../../../core/pipeline/pipeline.ts";
 import { describePlan, formatBytes, planMemory } from "../../../core/pipeline/plan.ts";
 import { modelFixture, writePipeline } from "./helpers.ts";
 

@@ -4,7 +4,8 @@ import { deepStrictEqual, ok, strictEqual } from "node:assert";
 import { join } from "node:path";
 import { printGraph } from "../../../core/ir/text.ts";
 import { builtinNames, builtinUrl, isModulePath } from "../../../core/pipeline/resolve.ts";
-import { exportAndLower, loadPipeline, runPipeline } from "../../../core/pipeline/runner.ts";
+import { exportAndLower, runPipeline } from "../../../core/pipeline/runner.ts";
+import { loadPipeline } from "../../../core/pipeline/pipeline.ts";
 import { fixture, modelFixture, pipelineErrorOf, writePipeline } from "./helpers.ts";
 
 const MODEL = modelFixture("tiny-llama");

@@ -1,7 +1,7 @@
 // loadPipeline's validation: every problem is reported, each at its file:line:col.
 
 import { deepStrictEqual, strictEqual } from "node:assert";
-import { loadPipeline, pipelineStages } from "../../../core/pipeline/runner.ts";
+import { loadPipeline, pipelineStages } from "../../../core/pipeline/pipeline.ts";
 import { fixture, modelFixture, pipelineErrorOf, writePipeline } from "./helpers.ts";
 
 const MODEL = modelFixture("tiny-llama");
