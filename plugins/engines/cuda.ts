@@ -7,7 +7,8 @@ import { definePlugin } from "../../core/pipeline/plugin.ts";
 import { withFloatDtype } from "../../core/ir/graph.ts";
 import type { EngineBackend } from "../../core/runtime/engine.ts";
 import { CUDA_OPS } from "./cuda/lower.ts";
-import { CudaEngine, decodePayload, VERSION } from "./cuda/engine.ts";
+import { CudaEngine, VERSION } from "./cuda/engine.ts";
+import { decodeGraphPayload } from "../../core/runtime/graph_payload.ts";
 
 export const options = z.object({
   dtype: z.enum(["f32", "f16", "bf16"]).optional().describe(
@@ -49,7 +50,7 @@ export function cudaBackend(opts: Partial<Options> = {}): EngineBackend {
       return Promise.resolve(new CudaEngine(target, weights, engineOptions()));
     },
     deserialize(payload) {
-      const { graph, weights } = decodePayload(payload);
+      const { graph, weights } = decodeGraphPayload(payload);
       return Promise.resolve(new CudaEngine(graph, weights, engineOptions()));
     },
   };

@@ -13,8 +13,8 @@ import {
   tensor,
   viewOf,
 } from "../../../core/ir/tensor.ts";
-import { parseGraph, printGraph } from "../../../core/ir/text.ts";
 import { EngineError } from "../../../core/runtime/engine.ts";
+import { encodeGraphPayload } from "../../../core/runtime/graph_payload.ts";
 import type { SequenceEngine, SequenceOptions } from "../../../core/runtime/sequences.ts";
 import type { ProcessGroup } from "../../../core/dist/group.ts";
 import { Gemm } from "../../../ffi/cublaslt.ts";
@@ -216,7 +216,7 @@ export class CudaEngine implements SequenceEngine {
   }
 
   serialize(): Uint8Array {
-    return encodePayload(this.graph, this.hostWeights);
+    return encodeGraphPayload(this.graph, this.hostWeights);
   }
 
   [Symbol.dispose](): void {
@@ -254,52 +254,4 @@ export function copyOut(destination: Uint8Array, source: bigint, stream: bigint)
     "copy from the device",
   );
   checkCuda(cudart().cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-}
-
-// Payload: u32 length + graph text, u32 length + JSON index of weights, then each weight's bytes.
-interface WeightEntry {
-  name: string;
-  dtype: Tensor["dtype"];
-  shape: number[];
-  offset: number;
-}
-
-export function encodePayload(graph: Graph, weights: Map<string, Tensor>): Uint8Array {
-  const text = new TextEncoder().encode(printGraph(graph));
-  const entries: WeightEntry[] = [];
-  let size = 0;
-  for (const [name, t] of weights) {
-    entries.push({ name, dtype: t.dtype, shape: t.shape, offset: size });
-    size += Math.ceil(t.data.byteLength / 8) * 8;
-  }
-  const index = new TextEncoder().encode(JSON.stringify(entries));
-  const start = Math.ceil((8 + text.length + index.length) / 8) * 8;
-  const out = new Uint8Array(start + size);
-  const view = new DataView(out.buffer);
-  view.setUint32(0, text.length, true);
-  out.set(text, 4);
-  view.setUint32(4 + text.length, index.length, true);
-  out.set(index, 8 + text.length);
-  for (const entry of entries) {
-    const t = weights.get(entry.name)!;
-    out.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), start + entry.offset);
-  }
-  return out;
-}
-
-export function decodePayload(payload: Uint8Array): { graph: Graph; weights: Map<string, Tensor> } {
-  const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
-  const textLength = view.getUint32(0, true);
-  const graph = parseGraph(new TextDecoder().decode(payload.subarray(4, 4 + textLength)));
-  const indexLength = view.getUint32(4 + textLength, true);
-  const head = 8 + textLength + indexLength;
-  const entries: WeightEntry[] = JSON.parse(new TextDecoder().decode(payload.subarray(8 + textLength, head)));
-  const start = Math.ceil(head / 8) * 8;
-  const weights = new Map<string, Tensor>();
-  for (const entry of entries) {
-    const bytes = numel(entry.shape) * BYTES_PER_ELEMENT[entry.dtype];
-    const copy = payload.slice(start + entry.offset, start + entry.offset + bytes);
-    weights.set(entry.name, tensor(entry.dtype, entry.shape, viewOf(entry.dtype, copy.buffer)));
-  }
-  return { graph, weights };
 }
