@@ -3,6 +3,7 @@
 // plugins also stop on SIGINT/SIGTERM).
 
 import { ServeError } from "./errors.ts";
+import { PipelineError } from "../pipeline/errors.ts";
 
 export function jsonResponse(body: unknown, status = 200, headers: HeadersInit = {}): Response {
   return new Response(JSON.stringify(body), {
@@ -115,5 +116,31 @@ export async function waitForSignal(until: Promise<void>, log: (message: string)
     await Promise.race([received, until]);
   } finally {
     for (const [signal, listener] of listeners) Deno.removeSignalListener(signal, listener);
+  }
+}
+
+/** What a running server offers the loop that keeps it until a signal or a failed engine step. */
+export interface StoppableServer {
+  finished: Promise<void>;
+  shutdown(): Promise<void>;
+  engineFailure(): Error | undefined;
+}
+
+/**
+ * Keeps the server until SIGINT/SIGTERM or until it stops by itself, then shuts it down; a server
+ * that stopped because an engine step failed (a rank gone, say) fails the serve stage.
+ */
+export async function serveUntilStopped(
+  plugin: string,
+  server: StoppableServer,
+  log: (message: string) => void,
+): Promise<void> {
+  await waitForSignal(server.finished, log);
+  await server.shutdown();
+  const failure = server.engineFailure();
+  if (failure) {
+    throw new PipelineError(`serve ${plugin}: the server stopped: ${failure.message}`, undefined, {
+      cause: failure,
+    });
   }
 }

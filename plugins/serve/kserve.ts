@@ -5,7 +5,6 @@
 
 import { z } from "zod";
 import { definePlugin, replicaPort, type ServeContext } from "../../core/pipeline/plugin.ts";
-import { PipelineError } from "../../core/pipeline/errors.ts";
 import type { Engine } from "../../core/runtime/engine.ts";
 import { asServeError, ServeError } from "../../core/serve/errors.ts";
 import {
@@ -13,7 +12,7 @@ import {
   listen,
   readJsonBody,
   type RunningServer,
-  waitForSignal,
+  serveUntilStopped,
 } from "../../core/serve/http.ts";
 import { InferBatcher } from "../../core/serve/infer_batcher.ts";
 import { decodeInputs, encodeOutput, v2Signature } from "../../core/serve/kserve_tensors.ts";
@@ -47,14 +46,7 @@ export default definePlugin({
 async function serveKServe(engine: Engine, opts: Options, ctx: ServeContext): Promise<void> {
   const server = startKServeServer(engine, { ...opts, port: replicaPort(opts.port, ctx) }, ctx);
   ctx.log(`kserve: serving ${opts.model} on ${server.url}/v2/models/${opts.model} (Ctrl-C stops)`);
-  await waitForSignal(server.finished, ctx.log);
-  await server.shutdown();
-  const failure = server.engineFailure();
-  if (failure) {
-    throw new PipelineError(`serve kserve: the server stopped: ${failure.message}`, undefined, {
-      cause: failure,
-    });
-  }
+  await serveUntilStopped("kserve", server, ctx.log);
 }
 
 /** Starts the server; options not given take their defaults. */

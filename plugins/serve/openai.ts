@@ -15,7 +15,7 @@ import {
   listen,
   readJsonBody,
   type RunningServer,
-  waitForSignal,
+  serveUntilStopped,
 } from "../../core/serve/http.ts";
 import { METRICS_CONTENT_TYPE, MetricsRegistry } from "../../core/serve/metrics.ts";
 import {
@@ -58,14 +58,7 @@ export default definePlugin({
 async function serveOpenAI(engine: Engine, opts: Options, ctx: ServeContext): Promise<void> {
   const server = startOpenAIServer(engine, { ...opts, port: replicaPort(opts.port, ctx) }, ctx);
   ctx.log(`openai: serving ${opts.model} on ${server.url}/v1 (Ctrl-C stops)`);
-  await waitForSignal(server.finished, ctx.log);
-  await server.shutdown();
-  const failure = server.engineFailure();
-  if (failure) {
-    throw new PipelineError(`serve openai: the server stopped: ${failure.message}`, undefined, {
-      cause: failure,
-    });
-  }
+  await serveUntilStopped("openai", server, ctx.log);
 }
 
 /** Starts the server; options not given take their defaults. */
