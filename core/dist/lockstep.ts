@@ -114,14 +114,13 @@ export class LockstepEngine implements SequenceEngine {
         checkStep(batch, local);
         return await call({ op: "greedy", pool, batch }, () => local.greedy(batch));
       },
+      // Release and dispose return at once, as the contract has them, but take effect here and on
+      // the followers at the same point in the order of calls, after every step made before them.
       release: (slot) => {
-        // Release is synchronous in the contract; the followers hear of it before the next call.
-        local.release(slot);
-        call({ op: "release", pool, slot }, () => undefined).catch(() => {});
+        call({ op: "release", pool, slot }, () => local.release(slot)).catch(() => {});
       },
       [Symbol.dispose]: () => {
-        local[Symbol.dispose]();
-        call({ op: "close", pool }, () => undefined).catch(() => {});
+        call({ op: "close", pool }, () => local[Symbol.dispose]()).catch(() => {});
       },
     };
   }
@@ -161,33 +160,44 @@ export async function followLockstep(engine: Engine, group: ProcessGroup): Promi
   try {
     while (true) {
       const call = await receiveCall(group);
-      switch (call.op) {
-        case "stop":
-          return;
-        case "run":
-          await engine.run(Object.fromEntries(call.inputs.map((t) => [t.name, decodeTensor(t)])));
-          break;
-        case "open":
-          pools.set(call.pool, openSequences(engine, call.options));
-          break;
-        case "step":
-          await poolOf(pools, call.pool).step(call.batch);
-          break;
-        case "greedy":
-          await poolOf(pools, call.pool).greedy(call.batch);
-          break;
-        case "release":
-          poolOf(pools, call.pool).release(call.slot);
-          break;
-        case "close":
-          poolOf(pools, call.pool)[Symbol.dispose]();
-          pools.delete(call.pool);
-          break;
+      try {
+        if (await runCall(call, engine, pools)) return;
+      } catch (error) {
+        // The front runs the same call on the same inputs and meets the same refusal; it reports it.
+        if (!(error instanceof EngineError)) throw error;
       }
     }
   } finally {
     for (const pool of pools.values()) pool[Symbol.dispose]();
   }
+}
+
+/** Runs one call of the front's on this rank; true when it says stop. */
+async function runCall(call: Call, engine: Engine, pools: Map<number, Sequences>): Promise<boolean> {
+  switch (call.op) {
+    case "stop":
+      return true;
+    case "run":
+      await engine.run(Object.fromEntries(call.inputs.map((t) => [t.name, decodeTensor(t)])));
+      break;
+    case "open":
+      pools.set(call.pool, openSequences(engine, call.options));
+      break;
+    case "step":
+      await poolOf(pools, call.pool).step(call.batch);
+      break;
+    case "greedy":
+      await poolOf(pools, call.pool).greedy(call.batch);
+      break;
+    case "release":
+      poolOf(pools, call.pool).release(call.slot);
+      break;
+    case "close":
+      poolOf(pools, call.pool)[Symbol.dispose]();
+      pools.delete(call.pool);
+      break;
+  }
+  return false;
 }
 
 function poolOf(pools: Map<number, Sequences>, id: number): Sequences {

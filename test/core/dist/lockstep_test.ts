@@ -67,3 +67,23 @@ Deno.test("lockstep: a follower is refused the front's place and the front a fol
   }
   ok(message.includes("rank 1 of tp is not its front"), message);
 });
+
+Deno.test("lockstep: a release made while a step is queued takes effect after it, on both ranks", async () => {
+  using model = await tinyLlama();
+  const engines = await tensorParallelEngines(model, 2);
+  const control = memoryGroups(2, "tp");
+  const front = new LockstepEngine(engines[0], control[0]);
+  const follower = followLockstep(engines[1], control[1]);
+  using pool = front.sequences({ slots: 1, maxLength: 16 });
+  const first = pool.greedy([{ slot: 0, ids: [1, 2, 3], start: 0 }]);
+  const second = pool.greedy([{ slot: 0, ids: [4], start: 3 }]);
+  pool.release(0);
+  // The release comes after both steps: the slot is empty again, here as on the follower, so
+  // continuing at 4 is refused on both, and both stay in step for what follows.
+  await rejects(pool.greedy([{ slot: 0, ids: [5], start: 4 }]), /slot 0 holds 0 tokens/);
+  deepStrictEqual(await pool.greedy([{ slot: 0, ids: [1, 2, 3], start: 0 }]), await first);
+  await second;
+  await front.stop();
+  await follower;
+  engines.forEach((engine) => engine[Symbol.dispose]());
+});
