@@ -35,6 +35,8 @@ export interface StageContext {
   job?: JobChannel;
   /** Set by `rankflow check` and `graph`: the stage must not write anything. */
   dryRun?: boolean;
+  /** Reports progress of long work (`reading rank-0.engine, MiB`, 120, 800); printed at most once a second. */
+  progress?: (what: string, done: number, total: number) => void;
 }
 
 /** What a pass may know: the stage context plus the target engine's abilities. */

@@ -24,18 +24,22 @@ export interface RunOptions {
   rebuild?: boolean;
 }
 
-/** A progress callback that prints `label: done/total (n%)` at most once a second, after the first second. */
+/**
+ * A progress callback for one stage that prints `  stage    plugin: what done/total (n%)` at most
+ * once a second, and nothing in the stage's first second (short work stays quiet).
+ */
 export function progressLines(
   log: (message: string) => void,
   label: string,
-): (done: number, total: number) => void {
-  const start = performance.now();
+  clock: () => number = () => performance.now(),
+): (what: string, done: number, total: number) => void {
+  const start = clock();
   let last = start;
-  return (done, total) => {
-    const now = performance.now();
+  return (what, done, total) => {
+    const now = clock();
     if (now - start < 1000 || now - last < 1000) return;
     last = now;
-    log(`${label} ${done}/${total} (${Math.round((100 * done) / total)}%)`);
+    log(`${label}: ${what} ${done}/${total} (${Math.round((100 * done) / total)}%)`);
   };
 }
 
@@ -87,6 +91,7 @@ export async function runPipeline(pipeline: Pipeline, options: RunOptions = {}):
       const unknown = unknownProfileDims(pipeline.build.profiles, graph.inputs);
       if (unknown.length > 0) throw new PipelineError(`compile.${unknown[0]}`, pipeline.compile.at);
       let how = "";
+      const reportCompile = progressLines(log, `  compile  ${plugin.name}`);
       engine = stack.use(
         await timed("compile", plugin.name, async () => {
           const { engine, cached } = await compileEngine({
@@ -98,7 +103,7 @@ export async function runPipeline(pipeline: Pipeline, options: RunOptions = {}):
             cacheDir: pipeline.cache,
             rebuild,
             pipeline: pipeline.file,
-            progress: progressLines(log, `  compile  ${plugin.name}: reading weights`),
+            progress: (done, total) => reportCompile("reading weights", done, total),
           });
           how = cached ? " (cached)" : pipeline.build.jit ? " (at the first request)" : "";
           return engine;
@@ -111,7 +116,12 @@ export async function runPipeline(pipeline: Pipeline, options: RunOptions = {}):
     const built = engine;
     const { model, tokenizer } = exported;
     await timed("save", plugin.name, async () => {
-      await plugin.save(built, options, { ...ctx, model, tokenizer });
+      await plugin.save(built, options, {
+        ...ctx,
+        model,
+        tokenizer,
+        progress: progressLines(log, `  save     ${plugin.name}`),
+      });
       // No rank loads the set before every rank has written its file and rank 0 the manifest.
       await job?.barrier();
     });
@@ -121,7 +131,12 @@ export async function runPipeline(pipeline: Pipeline, options: RunOptions = {}):
   if (pipeline.load) {
     const { plugin, options } = pipeline.load;
     const backends = await engineBackends(pipeline);
-    const loaded = await timed("load", plugin.name, () => plugin.load(options, { ...ctx, backends }));
+    const loaded = await timed(
+      "load",
+      plugin.name,
+      () =>
+        plugin.load(options, { ...ctx, backends, progress: progressLines(log, `  load     ${plugin.name}`) }),
+    );
     engine = stack.use(loaded.engine);
     model = loaded.model;
     tokenizer = loaded.tokenizer ?? tokenizer;

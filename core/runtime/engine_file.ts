@@ -79,11 +79,34 @@ export async function writeEngineFile(
   await writeFileAtomic(path, encodeEngineFile(header, payload));
 }
 
+const READ_CHUNK = 16 * 2 ** 20;
+
+/** The whole file, read in chunks so that progress can be told; `progress` gets bytes read and the size. */
+async function readWhole(
+  path: string,
+  progress?: (done: number, total: number) => void,
+): Promise<Uint8Array> {
+  using file = await Deno.open(path);
+  const size = (await file.stat()).size;
+  const bytes = new Uint8Array(size);
+  let done = 0;
+  while (done < size) {
+    const n = await file.read(bytes.subarray(done, Math.min(size, done + READ_CHUNK)));
+    if (n === null) break;
+    done += n;
+    progress?.(done, size);
+  }
+  return bytes.subarray(0, done);
+}
+
 /** Reads and verifies an engine file: magic, version, lengths and payload checksum. */
-export async function readEngineFile(path: string): Promise<{ header: EngineHeader; payload: Uint8Array }> {
+export async function readEngineFile(
+  path: string,
+  progress?: (done: number, total: number) => void,
+): Promise<{ header: EngineHeader; payload: Uint8Array }> {
   let bytes: Uint8Array;
   try {
-    bytes = await Deno.readFile(path);
+    bytes = await readWhole(path, progress);
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) throw new EngineError(`${path}: engine file not found`);
     throw error;

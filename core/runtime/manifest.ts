@@ -190,6 +190,7 @@ export async function loadRankEngine(
   rank: number,
   worldSize: number,
   backends: (name: string) => EngineBackend,
+  progress?: (what: string, done: number, total: number) => void,
 ): Promise<{ engine: CompiledEngine; manifest: Manifest; header: EngineHeader }> {
   const manifestPath = join(dir, MANIFEST);
   const manifest = await readManifest(dir);
@@ -211,7 +212,11 @@ export async function loadRankEngine(
   const entry = manifest.files.find((file) => file.rank === rank);
   if (!entry) throw new EngineError(`${manifestPath}: lists no file for rank ${rank}`);
   const path = join(dir, entry.file);
-  const { header, payload } = await readEngineFile(path);
+  const reading = `reading ${entry.file}, MiB`;
+  const { header, payload } = await readEngineFile(
+    path,
+    progress && ((done, total) => progress(reading, Math.round(done / 2 ** 20), Math.round(total / 2 ** 20))),
+  );
   if (header.payloadSha256 !== entry.sha256) {
     throw new EngineError(
       `${path}: does not match the manifest's checksum; the set was changed after saving`,

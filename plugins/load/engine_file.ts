@@ -20,7 +20,13 @@ export default definePlugin({
   options,
   async load(opts: z.infer<typeof options>, ctx) {
     const dir = resolve(ctx.baseDir, opts.dir);
-    const { engine, manifest } = await loadRankEngine(dir, ctx.rank, ctx.worldSize, ctx.backends);
+    const { engine, manifest } = await loadRankEngine(
+      dir,
+      ctx.rank,
+      ctx.worldSize,
+      ctx.backends,
+      ctx.progress,
+    );
     const tokenizerFile = manifest.tokenizer.find((file) => file.endsWith("tokenizer.json"));
     const tokenizer = tokenizerFile ? loadTokenizer(dirname(join(dir, tokenizerFile))) : undefined;
     return { engine, model: manifest.model, tokenizer };

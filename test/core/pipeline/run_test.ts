@@ -4,7 +4,7 @@ import { deepStrictEqual, ok, strictEqual } from "node:assert";
 import { join } from "node:path";
 import { printGraph } from "../../../core/ir/text.ts";
 import { builtinNames, builtinUrl, isModulePath } from "../../../core/pipeline/resolve.ts";
-import { exportAndLower, runPipeline } from "../../../core/pipeline/runner.ts";
+import { exportAndLower, progressLines, runPipeline } from "../../../core/pipeline/runner.ts";
 import { loadPipeline } from "../../../core/pipeline/pipeline.ts";
 import { fixture, modelFixture, pipelineErrorOf, writePipeline } from "./helpers.ts";
 
@@ -155,4 +155,18 @@ Deno.test("built-in names come from the plugin folders; `-` in a name is `_` in 
     ["./x.ts", "../x", "/abs/x", "x.ts", "cpu", "engine-file"].map(isModulePath),
     [true, true, true, true, false, false],
   );
+});
+
+Deno.test("progress lines: quiet in a stage's first second, then at most one a second", () => {
+  let now = 0;
+  const lines: string[] = [];
+  const report = progressLines((line) => lines.push(line), "  load     engine-file", () => now);
+  for (const [at, done] of [[200, 1], [900, 2], [1100, 3], [1500, 4], [2200, 5], [2300, 6]]) {
+    now = at;
+    report("reading set-1/rank-0.engine, MiB", done, 8);
+  }
+  deepStrictEqual(lines, [
+    "  load     engine-file: reading set-1/rank-0.engine, MiB 3/8 (38%)",
+    "  load     engine-file: reading set-1/rank-0.engine, MiB 5/8 (63%)",
+  ]);
 });

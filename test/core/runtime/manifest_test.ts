@@ -97,3 +97,25 @@ Deno.test("load refuses a set whose manifest and files disagree, naming the file
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("loading reports how much of the engine file it has read", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "rankflow-progress-" });
+  try {
+    strictEqual((await save(dir, 40, 5).output()).code, 0);
+    const reports: [string, number, number][] = [];
+    await loadRankEngine(
+      dir,
+      0,
+      1,
+      () => bytesBackend,
+      (what, done, total) => reports.push([what, done, total]),
+    );
+    const { files } = await readManifest(dir);
+    ok(reports.length >= 3, `${reports.length} reports for a 40 MiB file read in 16 MiB chunks`);
+    ok(reports.every(([what]) => what === `reading ${files[0].file}, MiB`));
+    deepStrictEqual(reports.at(-1)!.slice(1), [40, 40]);
+    ok(reports.every(([, done], i) => i === 0 || done >= reports[i - 1][1]));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
