@@ -2,6 +2,7 @@
 // starting Deno.serve so that it can be stopped (tests start on port 0 and shut down; the serve
 // plugins also stop on SIGINT/SIGTERM).
 
+import { z } from "zod";
 import { ServeError } from "./errors.ts";
 import { PipelineError } from "../pipeline/errors.ts";
 
@@ -143,4 +144,22 @@ export async function serveUntilStopped(
       cause: failure,
     });
   }
+}
+
+/** The options every HTTP serve plugin has; each plugin adds its own and picks the defaults that differ. */
+export function serverOptionFields(defaults: { timeoutSeconds: number; maxBodyBytes: number }) {
+  return {
+    port: z.number().int().min(0).max(65535).default(8000).describe(
+      "TCP port to listen on; 0 picks a free one; replica r of a data-parallel job listens on port + r",
+    ),
+    host: z.string().default("127.0.0.1").describe("address to listen on; 0.0.0.0 for every interface"),
+    max_queue: z.number().int().nonnegative().default(256)
+      .describe("requests that may wait for the engine; past it the server answers 429"),
+    timeout_s: z.number().positive().default(defaults.timeoutSeconds)
+      .describe("seconds a request may take, waiting included"),
+    max_body_bytes: z.number().int().positive().default(defaults.maxBodyBytes)
+      .describe("largest request body accepted"),
+    on_engine_error: z.enum(["stop", "continue"]).default("stop")
+      .describe("after a failed engine step (a rank gone, say): stop the server, or keep serving"),
+  };
 }

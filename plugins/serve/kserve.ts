@@ -12,6 +12,7 @@ import {
   listen,
   readJsonBody,
   type RunningServer,
+  serverOptionFields,
   serveUntilStopped,
 } from "../../core/serve/http.ts";
 import { InferBatcher } from "../../core/serve/infer_batcher.ts";
@@ -19,19 +20,10 @@ import { decodeInputs, encodeOutput, v2Signature } from "../../core/serve/kserve
 import { METRICS_CONTENT_TYPE, MetricsRegistry } from "../../core/serve/metrics.ts";
 
 export const options = z.object({
-  port: z.number().int().min(0).max(65535).default(8000).describe(
-    "TCP port to listen on; 0 picks a free one; replica r of a data-parallel job listens on port + r",
-  ),
-  host: z.string().default("127.0.0.1").describe("address to listen on; 0.0.0.0 for every interface"),
+  ...serverOptionFields({ timeoutSeconds: 60, maxBodyBytes: 64 << 20 }),
   model: z.string().regex(/^[\w.-]+$/).default("rankflow").describe("the model name in /v2/models/{name}"),
   max_batch: z.number().int().positive().default(32)
     .describe("most rows stacked into one engine run, where the graph has a leading batch size"),
-  max_queue: z.number().int().nonnegative().default(256)
-    .describe("requests that may wait for the engine; past it the server answers 429"),
-  timeout_s: z.number().positive().default(60).describe("seconds a request may wait and run"),
-  max_body_bytes: z.number().int().positive().default(64 << 20).describe("largest request body accepted"),
-  on_engine_error: z.enum(["stop", "continue"]).default("stop")
-    .describe("after a failed engine step (a rank gone, say): stop the server, or keep serving"),
 }).strict();
 export type Options = z.infer<typeof options>;
 

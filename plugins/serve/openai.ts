@@ -15,6 +15,7 @@ import {
   listen,
   readJsonBody,
   type RunningServer,
+  serverOptionFields,
   serveUntilStopped,
 } from "../../core/serve/http.ts";
 import { METRICS_CONTENT_TYPE, MetricsRegistry } from "../../core/serve/metrics.ts";
@@ -27,23 +28,14 @@ import { Scheduler } from "../../core/serve/scheduler.ts";
 import { completeAll, now, renderChat, streamChoices, usage } from "../../core/serve/openai_responses.ts";
 
 export const options = z.object({
-  port: z.number().int().min(0).max(65535).default(8000).describe(
-    "TCP port to listen on; 0 picks a free one; replica r of a data-parallel job listens on port + r",
-  ),
-  host: z.string().default("127.0.0.1").describe("address to listen on; 0.0.0.0 for every interface"),
+  ...serverOptionFields({ timeoutSeconds: 120, maxBodyBytes: 1 << 20 }),
   model: z.string().min(1).default("rankflow").describe("the model name clients send and /v1/models lists"),
   max_batch: z.number().int().positive().default(16)
     .describe("most sequences in one engine step (the sequence slots)"),
-  max_queue: z.number().int().nonnegative().default(256)
-    .describe("requests that may wait for a slot; past it the server answers 429"),
   max_prefill_tokens: z.number().int().positive().default(2048)
     .describe("most prompt tokens that join the batch in one step"),
   default_max_tokens: z.number().int().positive().default(128)
     .describe("max_tokens of a request that gives none (cut to what the context leaves)"),
-  timeout_s: z.number().positive().default(120).describe("seconds a request may take, queue included"),
-  max_body_bytes: z.number().int().positive().default(1 << 20).describe("largest request body accepted"),
-  on_engine_error: z.enum(["stop", "continue"]).default("stop")
-    .describe("after a failed engine step (a rank gone, say): stop the server, or keep serving"),
 }).strict();
 export type Options = z.infer<typeof options>;
 

@@ -73,3 +73,60 @@ export async function postJson(url: string, body: unknown): Promise<{ status: nu
   });
   return { status: response.status, body: await response.json() };
 }
+
+/** A `rankflow run` of a serving pipeline, started and waited on until it says where it serves. */
+export interface ServingRun extends AsyncDisposable {
+  child: Deno.ChildProcess;
+  /** `http://host:port`, from the server's "serving … on URL/v1" line. */
+  url: string;
+  /** Reads standard output to its end; returns all of it. */
+  output(): Promise<string>;
+  stderr: Promise<string>;
+}
+
+/** Starts `main.ts run ARGS` in the repository root; disposing kills it and waits for it. */
+export async function startServingRun(args: string[]): Promise<ServingRun> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts", "run", ...args],
+    cwd: new URL("../../../", import.meta.url).pathname,
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderr = new Response(child.stderr).text();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  const stop = async () => {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already exited
+    }
+    await child.status;
+    await lines.cancel().catch(() => {});
+    await stderr;
+  };
+  let url: string | undefined;
+  while (!url) {
+    const { value, done } = await lines.read();
+    if (done) {
+      await stop();
+      throw new Error(`the run ended before serving:\n${text}\n${await stderr}`);
+    }
+    text += value;
+    url = text.match(/serving \S+ on (http:\/\/[\d.]+:\d+)\/v\d/)?.[1];
+  }
+  return {
+    child,
+    url,
+    stderr,
+    async output() {
+      while (true) {
+        const { value, done } = await lines.read();
+        if (done) return text;
+        text += value;
+      }
+    },
+    [Symbol.asyncDispose]: stop,
+  };
+}

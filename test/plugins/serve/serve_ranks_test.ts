@@ -4,7 +4,7 @@
 import { ok, strictEqual } from "node:assert";
 import { join } from "node:path";
 import { loadTokenizer } from "../../../plugins/export/hf_tokenizer.ts";
-import { postJson } from "./helpers.ts";
+import { postJson, startServingRun } from "./helpers.ts";
 import { type ModelInfo, replicaPort } from "../../../core/pipeline/plugin.ts";
 
 const ROOT = new URL("../../../", import.meta.url).pathname;
@@ -23,34 +23,15 @@ Deno.test("serve-tp: rank 0 serves for two ranks; answers equal one rank's; kill
   const expected = JSON.parse(
     await rankflow(["generate", `${dir}/model`, "--ids", prompt.join(","), "--max-tokens", "6"]),
   );
-  const controller = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      "main.ts",
-      "run",
+  try {
+    await using run = await startServingRun([
       "pipelines/serve-tp.yaml",
       "--set",
       `export.path=${dir}/model`,
       "--set",
       "serve.port=0",
-    ],
-    cwd: ROOT,
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const stderr = new Response(controller.stderr).text();
-  const lines = controller.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let output = "";
-  try {
-    let url: string | undefined;
-    while (!url) {
-      const { value, done } = await lines.read();
-      if (done) throw new Error(`the run ended before serving:\n${output}\n${await stderr}`);
-      output += value;
-      url = output.match(/serving quickstart on (http:\/\/[\d.]+:\d+)\/v1/)?.[1];
-    }
+    ]);
+    const { child: controller, url, stderr } = run;
     const answer = await postJson(`${url}/v1/completions`, {
       model: "quickstart",
       prompt,
@@ -77,14 +58,6 @@ Deno.test("serve-tp: rank 0 serves for two ranks; answers equal one rank's; kill
     ok(/rank 1 .*SIGKILL/.test(await stderr), await stderr);
     ok(client === "status 500" || client === "status 503" || client.startsWith("failed"), client);
   } finally {
-    try {
-      controller.kill("SIGKILL");
-    } catch {
-      // already exited
-    }
-    await controller.status;
-    await lines.cancel().catch(() => {});
-    await stderr;
     await Deno.remove(dir, { recursive: true });
   }
 });
