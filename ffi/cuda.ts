@@ -219,6 +219,38 @@ export const driverSymbols = {
     ],
     result: "i32",
   },
+  cuModuleLoadData: {
+    parameters: [
+      "buffer", // CUmodule* module
+      "buffer", // const void* image (PTX text, NUL-terminated)
+    ],
+    result: "i32",
+  },
+  cuModuleGetFunction: {
+    parameters: [
+      "buffer", // CUfunction* hfunc
+      "u64", // CUmodule hmod
+      "buffer", // const char* name
+    ],
+    result: "i32",
+  },
+  cuLaunchKernel: {
+    parameters: [
+      "u64", // CUfunction f
+      "u32", // unsigned int gridDimX
+      "u32", // unsigned int gridDimY
+      "u32", // unsigned int gridDimZ
+      "u32", // unsigned int blockDimX
+      "u32", // unsigned int blockDimY
+      "u32", // unsigned int blockDimZ
+      "u32", // unsigned int sharedMemBytes
+      "u64", // CUstream hStream
+      "buffer", // void** kernelParams
+      "pointer", // void** extra
+    ],
+    result: "i32",
+  },
+  cuModuleUnload: { parameters: ["u64"], result: "i32" }, // CUmodule hmod
 } as const satisfies Deno.ForeignLibraryInterface;
 
 export const MEMCPY = { hostToDevice: 1, deviceToHost: 2, deviceToDevice: 3 } as const;
@@ -252,6 +284,11 @@ export function cudaDriver(): Driver {
     if (rc !== 0) throw new FfiError(`cuInit: ${driverError(rc)} (CUresult ${rc})`, "cuda", rc);
   }
   return driver.library.symbols;
+}
+
+/** Throws an FfiError naming the call and the driver's own words for a non-zero CUresult. */
+export function checkDriver(rc: number, what: string): void {
+  if (rc !== 0) throw new FfiError(`${what}: ${driverError(rc)} (CUresult ${rc})`, "cuda", rc);
 }
 
 function driverError(rc: number): string {

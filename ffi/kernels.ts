@@ -7,7 +7,7 @@ import { findLibrary, type LibrarySpec, overrideVariable } from "./discover.ts";
 import { buildNative, KERNELS_LIBRARY } from "../native/build.ts";
 
 export const KERNELS: LibrarySpec = { name: "kernels", files: ["librankflow_kernels.so"], cuda: false };
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;
 
 const stream = "u64"; // void* stream (cudaStream_t)
 const dev = "u64"; // device pointer
@@ -217,12 +217,55 @@ export const symbols = {
     ],
     result: "i64",
   },
+  rf_decode_attention: {
+    parameters: [
+      "i32", // int dtype
+      dev, // const void* q
+      "i32", // int ldq
+      dev, // const void* k
+      "i32", // int ldk
+      dev, // const void* v
+      "i32", // int ldv
+      dev, // void* k_cache
+      dev, // void* v_cache
+      dev, // const int32_t* slots
+      dev, // const int32_t* cache_pos
+      dev, // const int32_t* rope_pos
+      "i32", // int rope_period
+      "i32", // int rope_q
+      "i32", // int rope_k
+      "f32", // float theta
+      "i32", // int tokens
+      "i32", // int heads
+      "i32", // int kv_heads
+      "i32", // int head_dim
+      "i32", // int max_len
+      "i32", // int span
+      "f32", // float scale
+      dev, // float* scratch
+      dev, // int* counters
+      dev, // void* out
+      stream, // void* stream
+    ],
+    result: "i32",
+  },
+  rf_decode_attention_scratch_bytes: {
+    parameters: [
+      "i32", // int tokens
+      "i32", // int heads
+      "i32", // int head_dim
+      "i32", // int span
+    ],
+    result: "i64",
+  },
   rf_gemv: {
     parameters: [
       "i32", // int dtype
       "i32", // int m
       dev, // const void* x
       "i32", // int ldx
+      dev, // const void* norm
+      "f32", // float eps
       dev, // const void* w
       dev, // const void* bias
       dev, // const void* residual
@@ -230,8 +273,21 @@ export const symbols = {
       "i32", // int ld_out
       "i32", // int n
       "i32", // int k
+      "i32", // int gated
       stream, // void* stream
     ],
+    result: "i32",
+  },
+  rf_gemv_stages: {
+    parameters: [
+      "i32", // int dtype
+      "i32", // int m
+      "i32", // int k
+    ],
+    result: "i32",
+  },
+  rf_set_programmatic_launch: {
+    parameters: ["i32"], // int on
     result: "i32",
   },
   rf_graph_launch_sync: {

@@ -4,6 +4,7 @@
 
 import { cString, cText, FfiError, outPointer } from "./errors.ts";
 import { type LibrarySpec, openLibrary } from "./discover.ts";
+import { checkDriver, cudaDriver } from "./cuda.ts";
 
 export const NVRTC: LibrarySpec = {
   name: "nvrtc",
@@ -120,5 +121,55 @@ export function compileToPtx(source: string, name: string, options: string[] = [
     return new TextDecoder().decode(ptx).replace(/\0+$/, "");
   } finally {
     n.nvrtcDestroyProgram(new Uint8Array(program.buffer));
+  }
+}
+
+/** A kernel argument: a device pointer (bigint), or a 32-bit int or float. */
+export type KernelArgument = bigint | { i32: number } | { f32: number };
+
+/** PTX loaded into the current context through the driver API; `launch` runs its kernels. */
+export class PtxModule {
+  readonly #module: bigint;
+  #unloaded = false;
+
+  constructor(ptx: string) {
+    const out = outPointer();
+    checkDriver(cudaDriver().cuModuleLoadData(out, cText(ptx)), "cuModuleLoadData");
+    this.#module = out[0];
+  }
+
+  /** Enqueues `name` on `stream` (0n: the legacy default stream). */
+  launch(
+    name: string,
+    grid: [number, number, number],
+    block: [number, number, number],
+    args: KernelArgument[],
+    stream = 0n,
+  ): void {
+    const driver = cudaDriver();
+    const fn = outPointer();
+    checkDriver(driver.cuModuleGetFunction(fn, this.#module, cText(name)), `cuModuleGetFunction(${name})`);
+    // kernelParams: one pointer to each argument's bytes
+    const values = args.map((arg) => {
+      const bytes = new Uint8Array(8);
+      const view = new DataView(bytes.buffer);
+      if (typeof arg === "bigint") view.setBigUint64(0, arg, true);
+      else if ("i32" in arg) view.setInt32(0, arg.i32, true);
+      else view.setFloat32(0, arg.f32, true);
+      return bytes;
+    });
+    const table = new BigUint64Array(
+      values.map((bytes) => BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes)))),
+    );
+    checkDriver(
+      driver.cuLaunchKernel(fn[0], ...grid, ...block, 0, stream, new Uint8Array(table.buffer), null),
+      `cuLaunchKernel(${name})`,
+    );
+  }
+
+  [Symbol.dispose](): void {
+    if (this.#unloaded) return;
+    this.#unloaded = true;
+    checkDriver(cudaDriver().cuModuleUnload(this.#module), "cuModuleUnload");
   }
 }

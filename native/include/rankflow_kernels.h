@@ -65,11 +65,31 @@ int rf_attention(int dtype, const void* q, void* out, const void* k_cache, const
                  int head_dim, int max_len, int span, float scale, float* scratch, void* stream);
 /* Bytes of f32 scratch rf_attention needs for these sizes. */
 int64_t rf_attention_scratch_bytes(int tokens, int heads, int head_dim, int span);
+/* Decode in one launch: rf_qkv_prepare then rf_attention for tokens that each belong to another
+ * slot (one new token per sequence), q, k and v read from the product rows that made them, out
+ * [tokens, heads, head_dim]. heads / kv_heads ≤ 8. scratch: rf_decode_attention_scratch_bytes.
+ * counters: tokens * kv_heads ints, zero before the first launch and used by nothing else; each
+ * launch leaves them at zero again. */
+int rf_decode_attention(int dtype, const void* q, int ldq, const void* k, int ldk, const void* v, int ldv,
+                        void* k_cache, void* v_cache, const int32_t* slots, const int32_t* cache_pos,
+                        const int32_t* rope_pos, int rope_period, int rope_q, int rope_k, float theta, int tokens,
+                        int heads, int kv_heads, int head_dim, int max_len, int span, float scale, float* scratch,
+                        int* counters, void* out, void* stream);
+int64_t rf_decode_attention_scratch_bytes(int tokens, int heads, int head_dim, int span);
 /* out[m, n] = x[m, :] · w[n, :] (+ bias[n]) (+ residual[m, n]) for 1 ≤ m ≤ 8: decode products at
  * weight-streaming speed. k and ldx must be multiples of 8 (4 for f32), pointers 16-byte aligned;
- * residual shares out's row stride; bias and residual may be NULL. */
-int rf_gemv(int dtype, int m, const void* x, int ldx, const void* w, const void* bias, const void* residual,
-            void* out, int ld_out, int n, int k, void* stream);
+ * residual shares out's row stride; bias, residual and norm may be NULL.
+ * norm: x is first RMS-normalized with this weight and eps (as rf_rmsnorm would, then rounded);
+ * allowed where rf_gemv_stages(dtype, m, k) is 1.
+ * gated: n is even and out[m, j] = silu(x·w[j]) · (x·w[j + n/2]) for j < n/2 (no residual). */
+int rf_gemv(int dtype, int m, const void* x, int ldx, const void* norm, float eps, const void* w, const void* bias,
+            const void* residual, void* out, int ld_out, int n, int k, int gated, void* stream);
+/* 1 when rf_gemv keeps m rows of k elements in shared memory (and can apply a norm on the way). */
+int rf_gemv_stages(int dtype, int m, int k);
+/* Launch rankflow's decode kernels with programmatic stream serialization (compute capability ≥ 9.0):
+ * each may start during the one before it and load its weights. Returns 1 when on, 0 when off,
+ * a negative cudaError on failure. */
+int rf_set_programmatic_launch(int on);
 /* Launches an instantiated CUDA graph (cudaGraphExec_t) and waits for the stream: one call per decode step. */
 int rf_graph_launch_sync(void* exec, void* stream);
 

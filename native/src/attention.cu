@@ -46,6 +46,8 @@ __global__ void qkv_prepare_kernel(const T* q, int64_t ldq, const T* k, int64_t 
                                    T* q_out, T* k_cache, T* v_cache, const int32_t* slots, const int32_t* cache_pos,
                                    const int32_t* rope_pos, int64_t rope_period, int rope_q, int rope_k,
                                    float theta, int heads, int kv_heads, int head_dim, int64_t max_len) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t t = blockIdx.x;
   const int half = head_dim / 2;
   const int64_t p = rope_pos ? rope_pos[t % rope_period] : 0;
@@ -126,6 +128,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_partial_kernel(
     const T* q, const T* k_cache, const T* v_cache, const int32_t* slots, const int32_t* cache_pos,
     int64_t tokens, int heads, int kv_heads, int head_dim, int64_t max_len, int chunks, float scale,
     float* scratch, int tile, int grouped) {
+  pdl_wait();
+  pdl_trigger();
   extern __shared__ float shared[];
   float* q_tile = shared;                                 // [TOKEN_TILE][head_dim]
   float* scores = q_tile + TOKEN_TILE * head_dim;         // [TOKEN_TILE][CHUNK]
@@ -266,6 +270,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_partial_kernel(
 
 template <typename T>
 __global__ void attention_merge_kernel(const float* scratch, T* out, int heads, int head_dim, int chunks) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t th = blockIdx.x;  // token * heads + head
   const int partial = head_dim + 2;
   const float* base = scratch + th * chunks * partial;
@@ -311,11 +317,11 @@ extern "C" int rf_qkv_prepare(int dtype, const void* q, int ldq, const void* k, 
   if ((rope_q || rope_k) && (!rope_pos || rope_period <= 0)) return static_cast<int>(cudaErrorInvalidValue);
   const dim3 grid((unsigned)tokens, (unsigned)(heads + kv_heads));
   const int threads = head_dim / 2 <= 32 ? 32 : 64;
-  RF_DISPATCH(dtype, (qkv_prepare_kernel<T><<<grid, threads, 0, RF_STREAM(stream)>>>(
-                         (const T*)q, ldq, (const T*)k, ldk, (const T*)v, ldv, (T*)q_out, (T*)k_cache,
-                         (T*)v_cache, slots, cache_pos, rope_pos, rope_period, rope_q, rope_k, theta, heads,
-                         kv_heads, head_dim, max_len)));
-  return rf_launched();
+  RF_DISPATCH(dtype, return rf_launch(qkv_prepare_kernel<T>, grid, dim3(threads), 0, RF_STREAM(stream), (const T*)q,
+                                      ldq, (const T*)k, ldk, (const T*)v, ldv, (T*)q_out, (T*)k_cache, (T*)v_cache,
+                                      slots, cache_pos, rope_pos, rope_period, rope_q, rope_k, theta, heads, kv_heads,
+                                      head_dim, max_len));
+  return 0;
 }
 
 extern "C" int rf_attention(int dtype, const void* q, void* out, const void* k_cache, const void* v_cache,
@@ -343,13 +349,12 @@ extern "C" int rf_attention(int dtype, const void* q, void* out, const void* k_c
   RF_DISPATCH(dtype, {
     const size_t bytes = sizeof(float) * (TOKEN_TILE * head_dim + TOKEN_TILE * CHUNK) + sizeof(int) * TOKEN_TILE +
                          sizeof(T) * CHUNK * (head_dim + 2);
-    attention_partial_kernel<T><<<grid, ATTN_THREADS, bytes, RF_STREAM(stream)>>>(
-        (const T*)q, (const T*)k_cache, (const T*)v_cache, slots, cache_pos, tokens, heads, kv_heads, head_dim,
-        max_len, chunks, scale, scratch, tile, grouped);
-    int rc = rf_launched();
+    const int rc = rf_launch(attention_partial_kernel<T>, grid, dim3(ATTN_THREADS), bytes, RF_STREAM(stream),
+                             (const T*)q, (const T*)k_cache, (const T*)v_cache, slots, cache_pos, (int64_t)tokens,
+                             heads, kv_heads, head_dim, (int64_t)max_len, chunks, scale, scratch, tile, grouped);
     if (rc != 0) return rc;
-    attention_merge_kernel<T><<<(unsigned)(tokens * heads), 64, 0, RF_STREAM(stream)>>>(scratch, (T*)out, heads,
-                                                                                       head_dim, chunks);
+    return rf_launch(attention_merge_kernel<T>, dim3((unsigned)(tokens * heads)), dim3(64), 0, RF_STREAM(stream),
+                     (const float*)scratch, (T*)out, heads, head_dim, chunks);
   });
-  return rf_launched();
+  return 0;
 }

@@ -23,6 +23,46 @@ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { retu
 
 #define RF_STREAM(s) (reinterpret_cast<cudaStream_t>(s))
 
+__device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }
+
+// Programmatic dependent launch (sm_90): a kernel launched with rf_launch may start while the
+// kernel before it on the stream is still running. It must call pdl_wait() before it reads what
+// earlier kernels wrote or writes anything; what it does before (loading weights, which nothing
+// writes) overlaps the earlier kernel's tail. pdl_trigger() lets the next kernel start early.
+// Both are no-ops where the kernel was launched plainly or the GPU is older.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Set by rf_set_programmatic_launch (runtime.cu); effective only on compute capability 9.0 and up.
+extern int rf_programmatic;
+
+// Launches `kernel`, with programmatic stream serialization when it is switched on. Only kernels
+// that call pdl_wait() before touching activations may be launched through here.
+template <typename... Params, typename... Args>
+static inline int rf_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, cudaStream_t stream,
+                            Args... args) {
+  cudaLaunchAttribute attribute;
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared;
+  config.stream = stream;
+  config.attrs = rf_programmatic ? &attribute : nullptr;
+  config.numAttrs = rf_programmatic ? 1 : 0;
+  return static_cast<int>(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...));
+}
+
 // Runs `body` with `T` bound to the element type of dtype code `dtype`.
 #define RF_DISPATCH(dtype, ...)                     \
   switch (dtype) {                                   \

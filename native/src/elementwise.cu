@@ -2,8 +2,6 @@
 // row gathers (embedding lookup, picking each sequence's last row) and axis permutations.
 #include "common.cuh"
 
-__device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }
-
 __device__ __forceinline__ float apply_unary(int op, float x) {
   switch (op) {
     case RF_SILU:
@@ -28,6 +26,8 @@ __global__ void unary_kernel(int op, const T* x, int64_t ldx, T* out, int64_t ro
 template <typename T>
 __global__ void silu_mul_kernel(const T* a, int64_t lda, const T* b, int64_t ldb, T* out, int64_t rows,
                                 int64_t width) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t n = rows * width;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t r = i / width;
@@ -82,6 +82,8 @@ __global__ void cast_kernel(const From* x, To* out, int64_t n) {
 
 template <typename E>
 __global__ void gather_rows_kernel(const E* table, int64_t width, int64_t ld_table, const int32_t* ids, E* out) {
+  pdl_wait();
+  pdl_trigger();
   const E* src = table + (int64_t)ids[blockIdx.x] * ld_table;
   E* dst = out + (int64_t)blockIdx.x * width;
   for (int64_t i = threadIdx.x; i < width; i += blockDim.x) dst[i] = src[i];
@@ -115,9 +117,10 @@ extern "C" int rf_unary(int dtype, int op, const void* x, int ldx, void* out, in
 extern "C" int rf_silu_mul(int dtype, const void* a, int lda, const void* b, int ldb, void* out,
                            int rows, int width, void* stream) {
   if ((int64_t)rows * width <= 0) return 0;
-  RF_DISPATCH(dtype, (silu_mul_kernel<T><<<rf_blocks((int64_t)rows * width, THREADS), THREADS, 0, RF_STREAM(stream)>>>(
-                         (const T*)a, lda, (const T*)b, ldb, (T*)out, rows, width)));
-  return rf_launched();
+  RF_DISPATCH(dtype, return rf_launch(silu_mul_kernel<T>, dim3(rf_blocks((int64_t)rows * width, THREADS)),
+                                      dim3(THREADS), 0, RF_STREAM(stream), (const T*)a, lda, (const T*)b, ldb,
+                                      (T*)out, rows, width));
+  return 0;
 }
 
 extern "C" int rf_binary(int dtype, int op, const void* a, const int64_t* a_strides, const void* b,
@@ -174,17 +177,14 @@ extern "C" int rf_gather_rows(int elem_bytes, const void* table, int width, int 
   const int threads = width >= 256 ? 256 : 64;
   switch (elem_bytes) {
     case 2:
-      gather_rows_kernel<uint16_t><<<(unsigned)rows, threads, 0, RF_STREAM(stream)>>>(
-          (const uint16_t*)table, width, ld_table, ids, (uint16_t*)out);
-      break;
+      return rf_launch(gather_rows_kernel<uint16_t>, dim3((unsigned)rows), dim3(threads), 0, RF_STREAM(stream),
+                       (const uint16_t*)table, width, ld_table, ids, (uint16_t*)out);
     case 4:
-      gather_rows_kernel<uint32_t><<<(unsigned)rows, threads, 0, RF_STREAM(stream)>>>(
-          (const uint32_t*)table, width, ld_table, ids, (uint32_t*)out);
-      break;
+      return rf_launch(gather_rows_kernel<uint32_t>, dim3((unsigned)rows), dim3(threads), 0, RF_STREAM(stream),
+                       (const uint32_t*)table, width, ld_table, ids, (uint32_t*)out);
     default:
       return static_cast<int>(cudaErrorInvalidValue);
   }
-  return rf_launched();
 }
 
 extern "C" int rf_permute(int elem_bytes, const void* x, void* out, const int64_t* shape, const int64_t* perm,

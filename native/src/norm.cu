@@ -3,6 +3,8 @@
 
 template <typename T>
 __global__ void rmsnorm_kernel(const T* x, int64_t ldx, const T* w, T* out, int64_t width, float eps) {
+  pdl_wait();
+  pdl_trigger();
   const T* row = x + blockIdx.x * ldx;
   T* dst = out + blockIdx.x * width;
   float sum = 0.f;
@@ -45,9 +47,9 @@ static int norm_threads(int64_t width) {
 extern "C" int rf_rmsnorm(int dtype, const void* x, int ldx, const void* w, void* out, int rows,
                           int width, float eps, void* stream) {
   if (rows <= 0) return 0;
-  RF_DISPATCH(dtype, (rmsnorm_kernel<T><<<(unsigned)rows, norm_threads(width), 0, RF_STREAM(stream)>>>(
-                         (const T*)x, ldx, (const T*)w, (T*)out, width, eps)));
-  return rf_launched();
+  RF_DISPATCH(dtype, return rf_launch(rmsnorm_kernel<T>, dim3((unsigned)rows), dim3(norm_threads(width)), 0,
+                                      RF_STREAM(stream), (const T*)x, ldx, (const T*)w, (T*)out, width, eps));
+  return 0;
 }
 
 extern "C" int rf_layernorm(int dtype, const void* x, int ldx, const void* w, const void* b, void* out,

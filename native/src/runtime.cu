@@ -1,10 +1,21 @@
-// The library's own entry points: its ABI version, error strings, and the one-call graph replay
-// that a decode step uses.
+// The library's own entry points: its ABI version, error strings, the programmatic-launch switch
+// and the one-call graph replay that a decode step uses.
 #include "common.cuh"
 
-extern "C" int rf_abi_version(void) { return 1; }
+int rf_programmatic = 0;
+
+extern "C" int rf_abi_version(void) { return 2; }
 
 extern "C" const char* rf_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
+
+extern "C" int rf_set_programmatic_launch(int on) {
+  int device = 0, major = 0;
+  cudaError_t rc = cudaGetDevice(&device);
+  if (rc == cudaSuccess) rc = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (rc != cudaSuccess) return -static_cast<int>(rc);
+  rf_programmatic = on && major >= 9 ? 1 : 0;
+  return rf_programmatic;
+}
 
 extern "C" int rf_graph_launch_sync(void* exec, void* stream) {
   cudaError_t rc = cudaGraphLaunch(reinterpret_cast<cudaGraphExec_t>(exec), RF_STREAM(stream));

@@ -4,6 +4,8 @@
 
 template <typename T>
 __global__ void argmax_kernel(const T* x, int64_t ldx, int32_t* out, int64_t width) {
+  pdl_wait();
+  pdl_trigger();
   const T* row = x + blockIdx.x * ldx;
   float best = -INFINITY;
   int64_t index = width;  // larger than any real index, so a real value always wins a tie break
@@ -51,7 +53,7 @@ __global__ void argmax_kernel(const T* x, int64_t ldx, int32_t* out, int64_t wid
 extern "C" int rf_argmax(int dtype, const void* x, int ldx, int32_t* out, int rows, int width,
                          void* stream) {
   if (rows <= 0) return 0;
-  RF_DISPATCH(dtype, (argmax_kernel<T><<<(unsigned)rows, 1024, 0, RF_STREAM(stream)>>>((const T*)x, ldx, out,
-                                                                                        width)));
-  return rf_launched();
+  RF_DISPATCH(dtype, return rf_launch(argmax_kernel<T>, dim3((unsigned)rows), dim3(1024), 0, RF_STREAM(stream),
+                                      (const T*)x, ldx, out, width));
+  return 0;
 }

@@ -27,6 +27,10 @@ export const options = z.object({
     "products of at most this many rows (decode) stream their weight through rankflow's own kernel; " +
       "larger ones, or all with 0, go to cuBLASLt (measured faster from 8 rows on an H200)",
   ),
+  programmatic_launch: z.boolean().default(true).describe(
+    "let each of rankflow's kernels start while the one before it finishes, loading its weights early " +
+      "(programmatic dependent launch; compute capability 9.0 and up, ignored below)",
+  ),
 }).strict();
 
 export type Options = z.infer<typeof options>;
@@ -37,6 +41,7 @@ export function cudaBackend(opts: Partial<Options> = {}): EngineBackend {
     graphs: opts.cuda_graphs ?? true,
     prefillChunk: opts.prefill_chunk ?? 2048,
     kernelRows: opts.kernel_rows ?? 1,
+    programmaticLaunch: opts.programmatic_launch ?? true,
   });
   return {
     name: "cuda",

@@ -19,6 +19,7 @@ import type { SequenceEngine, SequenceOptions } from "../../../core/runtime/sequ
 import type { ProcessGroup } from "../../../core/dist/group.ts";
 import { Gemm } from "../../../ffi/cublaslt.ts";
 import { check as checkCuda, cudart, MEMCPY } from "../../../ffi/cuda.ts";
+import { check as checkKernel, kernels } from "../../../ffi/kernels.ts";
 import { DeviceContext } from "./device.ts";
 import { lower, type Lowered } from "./lower.ts";
 import { bind, type BindContext, type Caches } from "./program.ts";
@@ -36,6 +37,8 @@ export interface CudaEngineOptions {
   prefillChunk: number;
   /** The most rows (0 to 8) a product may have to stream its weight through rankflow's kernel. */
   kernelRows: number;
+  /** Launch rankflow's kernels with programmatic stream serialization where the GPU has it. */
+  programmaticLaunch: boolean;
 }
 
 interface Arena {
@@ -68,6 +71,9 @@ export class CudaEngine implements SequenceEngine {
     this.outputs = graph.outputs.map((name) => ({ name, type: graph.types.get(name)! }));
     this.lowered = lower(graph);
     this.ctx = new DeviceContext(options.device);
+    // A switch of the kernel library, so one for the process: the last engine built sets it.
+    const programmatic = kernels().rf_set_programmatic_launch(options.programmaticLaunch ? 1 : 0);
+    if (programmatic < 0) checkKernel(-programmatic, "rf_set_programmatic_launch");
     try {
       this.weights = uploadWeights(this.ctx, graph, this.lowered, hostWeights);
     } catch (error) {

@@ -1,14 +1,15 @@
 // Lowering for the cuda engine: the graph's nodes become steps, one per cuBLASLt product or
-// kernel launch. Groups of nodes that one launch can do are matched here: a linear layer absorbs
-// the bias add and the residual add after it (cuBLASLt epilogue, beta·C), linear layers that read
-// the same input become one product over concatenated weights, silu(a)·b is one kernel, and the
-// transposes and rotary embeddings around attention fold into the kernel that writes the KV cache.
-// Everything else maps op by op, so any graph of supported ops runs, fused or not.
+// kernel launch. Groups of nodes that one launch can do are matched here and in
+// lower_products.ts: products absorb bias and residual adds, share launches over concatenated
+// weights and take in the RMSNorm before them and the silu·mul after them; the transposes and
+// rotary embeddings around attention fold into the kernel that writes the KV cache. Everything
+// else maps op by op, so any graph of supported ops runs, fused or not.
 
 import { type Graph, type Node, usersOf } from "../../../core/ir/graph.ts";
 import { type CollectiveKind, collectiveKind } from "../../../core/ir/ops/collective.ts";
-import { type DType, formatType, type TensorType } from "../../../core/ir/tensor.ts";
+import type { DType, TensorType } from "../../../core/ir/tensor.ts";
 import { EngineError } from "../../../core/runtime/engine.ts";
+import { matchProducts } from "./lower_products.ts";
 
 /** A [B, S, H, D] value, token-major, that attention reads; rotated by rope on the way when given. */
 export interface TokenSource {
@@ -27,7 +28,17 @@ export interface GemmPart {
 }
 
 export type Step =
-  | { kind: "gemm"; x: string; k: number; parts: GemmPart[]; residual?: string }
+  | {
+    kind: "gemm";
+    x: string;
+    k: number;
+    parts: GemmPart[];
+    residual?: string;
+    /** x is this RMSNorm's output, which the product may compute on the way from its input `x`. */
+    norm?: { x: string; w: string; eps: number };
+    /** silu(parts[0]) · parts[1] is value `out`; the parts' own outputs are not kept. */
+    gated?: { out: string };
+  }
   | { kind: "embedding"; table: string; ids: string; out: string }
   | { kind: "rmsnorm"; x: string; w: string; out: string; eps: number }
   | { kind: "layernorm"; x: string; w: string; b: string; out: string; eps: number }
@@ -113,12 +124,17 @@ export const CUDA_OPS = new Set([
 
 const TOKEN_MAJOR = [0, 2, 1, 3];
 
-interface Candidate {
-  node: Node;
-  x: string;
-  part: GemmPart;
-  residual?: string;
-  absorbed: Node[];
+/** What the matchers need to know of a graph. */
+export interface GraphIndex {
+  graph: Graph;
+  type(name: string): TensorType;
+  weights: Set<string>;
+  outputs: Set<string>;
+  users: Map<string, Node[]>;
+  producer: Map<string, Node>;
+  /** The only node reading `value`, when exactly one does (once) and it is not a graph output. */
+  soleUser(value: string): Node | undefined;
+  definedBefore(value: string, node: Node): boolean;
 }
 
 export function lower(graph: Graph): Lowered {
@@ -153,69 +169,10 @@ export function lower(graph: Graph): Lowered {
     return !source || order.get(source)! < order.get(node)!;
   };
 
-  const skip = new Set<Node>();
+  const index: GraphIndex = { graph, type, weights, outputs, users, producer, soleUser, definedBefore };
+  const { products, siluMuls, skip } = matchProducts(index);
   /** Steps that must run just before a node's own: token-major copies of attention inputs. */
   const extraBefore = new Map<Node, Step[]>();
-  const candidates = new Map<Node, Candidate>();
-  for (const node of graph.nodes) {
-    const candidate = gemmCandidate(node, weights, type);
-    if (!candidate) continue;
-    // Absorb the bias add, then the residual add, that alone read the product.
-    for (;;) {
-      const add = soleUser(candidate.part.output);
-      if (!add || add.op !== "add" || add.inputs[0] === add.inputs[1]) break;
-      const other = add.inputs[0] === candidate.part.output ? add.inputs[1] : add.inputs[0];
-      const otherType = type(other);
-      if (
-        !candidate.part.bias && !candidate.residual && weights.has(other) && otherType.shape.length === 1 &&
-        otherType.shape[0] === candidate.part.width
-      ) {
-        candidate.part.bias = other;
-      } else if (
-        !candidate.residual && !weights.has(other) &&
-        formatType(otherType) === formatType(type(candidate.part.output)) && definedBefore(other, node)
-      ) {
-        candidate.residual = other;
-      } else {
-        break;
-      }
-      candidate.absorbed.push(add);
-      candidate.part.output = add.outputs[0];
-    }
-    candidates.set(node, candidate);
-  }
-  // Products of one input without a residual share one launch over concatenated weights.
-  const groups = new Map<Node, Candidate[]>();
-  const bySource = new Map<string, Candidate[]>();
-  for (const candidate of candidates.values()) {
-    if (candidate.residual) {
-      groups.set(candidate.node, [candidate]);
-      continue;
-    }
-    const key = `${candidate.x}|${!!candidate.part.bias}`;
-    const list = bySource.get(key) ?? [];
-    list.push(candidate);
-    bySource.set(key, list);
-  }
-  for (const list of bySource.values()) {
-    groups.set(list[0].node, list);
-    for (const member of list.slice(1)) skip.add(member.node);
-  }
-  for (const candidate of candidates.values()) for (const add of candidate.absorbed) skip.add(add);
-
-  // silu(a) * b → one kernel
-  const siluOf = new Map<Node, string>();
-  for (const node of graph.nodes) {
-    if (node.op !== "mul") continue;
-    for (const [i, input] of node.inputs.entries()) {
-      const source = producer.get(input);
-      if (source?.op === "silu" && soleUser(input) === node && !skip.has(source)) {
-        siluOf.set(node, `${source.inputs[0]}|${node.inputs[1 - i]}`);
-        skip.add(source);
-        break;
-      }
-    }
-  }
 
   // Attention: fold the transposes (and the rope) around sdpa.
   const attention = new Map<Node, Step>();
@@ -312,21 +269,9 @@ export function lower(graph: Graph): Lowered {
   const steps: Step[] = [];
   for (const node of graph.nodes) {
     if (skip.has(node)) continue;
-    const group = groups.get(node);
-    if (group) {
-      steps.push({
-        kind: "gemm",
-        x: group[0].x,
-        k: gemmK(group[0], type),
-        parts: group.map((member) => member.part),
-        residual: group[0].residual,
-      });
-      continue;
-    }
-    const fused = siluOf.get(node);
+    const fused = products.get(node) ?? siluMuls.get(node);
     if (fused) {
-      const [gate, up] = fused.split("|");
-      steps.push({ kind: "silu_mul", gate, up, out: node.outputs[0] });
+      steps.push(fused);
       continue;
     }
     const attentionStep = attention.get(node);
@@ -341,31 +286,6 @@ export function lower(graph: Graph): Lowered {
 
 function samePerm(value: unknown, perm: number[]): boolean {
   return Array.isArray(value) && value.length === perm.length && value.every((p, i) => p === perm[i]);
-}
-
-function gemmCandidate(
-  node: Node,
-  weights: Set<string>,
-  type: (name: string) => TensorType,
-): Candidate | undefined {
-  if (node.op !== "linear" && node.op !== "matmul") return undefined;
-  const [x, w, b] = node.inputs;
-  if (!weights.has(w)) return undefined;
-  const shape = type(w).shape as number[];
-  const transposed = node.op === "matmul";
-  const width = transposed ? shape[1] : shape[0];
-  if (b !== undefined && !weights.has(b)) return undefined;
-  return {
-    node,
-    x,
-    part: { weight: w, transposed, bias: b, output: node.outputs[0], width },
-    absorbed: [],
-  };
-}
-
-function gemmK(candidate: Candidate, type: (name: string) => TensorType): number {
-  const shape = type(candidate.part.weight).shape as number[];
-  return candidate.part.transposed ? shape[0] : shape[1];
 }
 
 function plainStep(node: Node): Step {

@@ -23,6 +23,7 @@ import {
 import { check as checkKernel, KERNEL_DTYPE, kernels } from "../../../ffi/kernels.ts";
 import { bind, type Bound, type Caches } from "./program.ts";
 import type { View } from "./views.ts";
+import { DECODE_TOKENS } from "./steps/attention.ts";
 import { copyOut, type CudaEngine } from "./engine.ts";
 
 export interface CudaSequenceOptions {
@@ -83,13 +84,19 @@ export class CudaSequences implements Sequences {
     };
     // One slot past the pool's takes the padding rows of a bucket.
     const cacheSlots = options.slots + 1;
-    const caches: Caches = { k: [], v: [], maxLength: options.maxLength };
+    const caches: Caches = { k: [], v: [], counters: [], maxLength: options.maxLength };
     for (const step of engine.lowered.steps) {
       if (step.kind !== "attention") continue;
       const dtype = engine.lowered.types.get(step.q.value)!.dtype;
       const bytes = cacheSlots * step.kvHeads * options.maxLength * step.headDim * BYTES_PER_ELEMENT[dtype];
       caches.k[step.layer] = alloc(bytes);
       caches.v[step.layer] = alloc(bytes);
+      const counterBytes = 4 * DECODE_TOKENS * step.kvHeads;
+      caches.counters[step.layer] = alloc(counterBytes);
+      checkCuda(
+        cudart().cudaMemsetAsync(caches.counters[step.layer], 0, BigInt(counterBytes), ctx.stream),
+        "cudaMemsetAsync",
+      );
     }
     this.#caches = caches;
     this.#entries = nextPowerOfTwo(options.slots);

@@ -56,6 +56,7 @@ export function uploadWeights(
       for (const name of namesRead(step)) if (declared.has(name)) plain(name);
       return;
     }
+    if (step.norm) plain(step.norm.w);
     if (step.parts.length === 1 && !step.parts[0].transposed) {
       const part = step.parts[0];
       products.set(index, { w: plain(part.weight).ptr, bias: part.bias ? plain(part.bias).ptr : undefined });

@@ -170,6 +170,47 @@ Deno.test({
 });
 
 Deno.test({
+  name: "gpu: one-launch decode attention over several key chunks equals the functional run's last row",
+  ignore: !gpu,
+  async fn() {
+    for (const [name, dtype] of [["tiny-llama", "f32"], ["tiny-qwen2", "bf16"]] as [string, DType][]) {
+      using engine = await build(name, dtype);
+      const base = oracleOf(name).prompt_ids;
+      const repeat = (length: number) => Array.from({ length }, (_, i) => base[(i * 7) % base.length]);
+      // 3 sequences take 64-key chunks; 16 (16 × kv heads ≥ 32 blocks' worth) take 128-key chunks.
+      const lengths = [200, 130, 64, ...Array.from({ length: 13 }, (_, i) => 70 + 9 * i)];
+      const prompts = lengths.map(repeat);
+      const next = prompts.map((_, i) => base[(i + 1) % base.length]);
+      for (const count of [3, 16]) {
+        using pool = engine.sequences({ slots: count, maxLength: 256 });
+        await pool.step(prompts.slice(0, count).map((ids, slot) => ({ slot, ids, start: 0 })));
+        const decoded = toF32(
+          await pool.step(
+            next.slice(0, count).map((id, slot) => ({ slot, ids: [id], start: prompts[slot].length })),
+          ),
+        );
+        const vocab = decoded.length / count;
+        for (const [slot, prompt] of prompts.slice(0, count).entries()) {
+          const reference = (await logitsOf(engine, [...prompt, next[slot]])).at(-1)!;
+          const row = Array.from(decoded.subarray(slot * vocab, (slot + 1) * vocab));
+          const { relative } = relativeError([row], [reference]);
+          if (slot < 3) {
+            console.log(
+              `${name} ${dtype}, ${count} sequences, context ${prompt.length + 1}: ` +
+                `decode vs functional ${relative.toExponential(2)}`,
+            );
+          }
+          ok(
+            relative <= (dtype === "f32" ? 1e-5 : TOLERANCE[dtype] / 4),
+            `${name} slot ${slot}: ${relative}`,
+          );
+        }
+      }
+    }
+  },
+});
+
+Deno.test({
   name: "gpu: a batch of prompts of different lengths gives each prompt's own greedy ids",
   ignore: !gpu,
   async fn() {
@@ -218,6 +259,28 @@ Deno.test({
         deepStrictEqual(x, y);
       }
     }
+  },
+});
+
+Deno.test({
+  name: "gpu: programmatic launch changes no logit and no id of CUDA-graph decode",
+  ignore: !gpu,
+  async fn() {
+    const [name, dtype] = ["tiny-qwen2", "bf16" as DType];
+    const oracle = oracleOf(name);
+    const run = async (programmatic_launch: boolean) => {
+      // Built and run one after the other: the switch is the kernel library's, set by the last engine built.
+      using engine = await build(name, dtype, { programmatic_launch, kernel_rows: 8 });
+      const logits = await logitsOf(engine, oracle.logit_ids.slice(0, 2));
+      const ids = await generateGreedy(engine, [oracle.prompt_ids, oracle.prompt_ids.slice(0, 3)], {
+        maxTokens: 24,
+      });
+      return { logits, ids };
+    };
+    const on = await run(true);
+    const off = await run(false);
+    deepStrictEqual(on.ids, off.ids);
+    deepStrictEqual(on.logits, off.logits);
   },
 });
 

@@ -1,12 +1,16 @@
 // Attention over KV caches: one launch writes this run's k and v into the caches (rotating q and
-// k on the way), a second attends. Functional runs lay the caches out in the arena (past copied
-// in front); sequence runs use the pool's caches.
+// k on the way), a second attends. A decode run (one new token for each sequence) does both in
+// one launch. Functional runs lay the caches out in the arena (past copied in front); sequence
+// runs use the pool's caches.
 
 import type { Binder } from "../program.ts";
 import type { Step } from "../lower.ts";
 import { floatDtype } from "../views.ts";
 import { KERNEL_DTYPE, kernels } from "../../../../ffi/kernels.ts";
 import { BYTES_PER_ELEMENT, numel } from "../../../../core/ir/tensor.ts";
+
+/** The most tokens a decode run attends in one launch (rf_decode_attention). */
+export const DECODE_TOKENS = 64;
 
 export function bindAttention(binder: Binder, step: Extract<Step, { kind: "attention" }>): void {
   const { heads, kvHeads, headDim } = step;
@@ -49,7 +53,6 @@ export function bindAttention(binder: Binder, step: Extract<Step, { kind: "atten
     maxLength = caches.maxLength;
     span = binder.ctx.meta.span;
   }
-  const qTokens = binder.scratch(q.dtype, [tokens, heads, headDim], capacityTokens * heads * headDim);
   const rope = step.q.rope ?? step.k.rope;
   const ropePos = rope ? binder.contiguous(binder.view(rope.pos)) : undefined;
   const period = ropePos ? numel(ropePos.shape) : 0;
@@ -57,6 +60,51 @@ export function bindAttention(binder: Binder, step: Extract<Step, { kind: "atten
   const { slots, cachePos } = binder.ctx.meta;
   const k = kernels();
   const s = binder.ctx.stream;
+  // Every entry of a sequence run one token: each token is another slot's next one.
+  const decode = binder.ctx.mode === "sequence" && binder.ctx.meta.entries === tokens &&
+    tokens <= DECODE_TOKENS &&
+    heads / kvHeads <= 8 && step.outTokenMajor && !step.v.rope;
+  if (decode) {
+    const capacity = binder.ctx.caches!.maxLength;
+    const scratchBytes = Number(
+      k.rf_decode_attention_scratch_bytes(Math.min(capacityTokens, DECODE_TOKENS), heads, headDim, capacity),
+    );
+    const scratch = binder.allocate("f32", scratchBytes / 4);
+    const counters = binder.ctx.caches!.counters[step.layer];
+    const target = binder.define(step.out);
+    binder.launch(`attention of layer ${step.layer}`, () =>
+      k.rf_decode_attention(
+        dtype,
+        rq.ptr,
+        rq.rowStride,
+        rk.ptr,
+        rk.rowStride,
+        rv.ptr,
+        rv.rowStride,
+        kCache,
+        vCache,
+        slots,
+        cachePos,
+        ropePos?.ptr ?? 0n,
+        period,
+        step.q.rope ? 1 : 0,
+        step.k.rope ? 1 : 0,
+        theta,
+        tokens,
+        heads,
+        kvHeads,
+        headDim,
+        maxLength,
+        span,
+        step.scale,
+        scratch,
+        counters,
+        target.ptr,
+        s,
+      ));
+    return;
+  }
+  const qTokens = binder.scratch(q.dtype, [tokens, heads, headDim], capacityTokens * heads * headDim);
   binder.launch(`kv cache write of layer ${step.layer}`, () =>
     k.rf_qkv_prepare(
       dtype,

@@ -158,7 +158,7 @@ function bindRmsnorm(binder: Binder, x: View, w: View, eps: number, out: string)
 }
 
 /** Value `out` = silu(gate) · up. */
-function bindSiluMul(binder: Binder, gate: View, up: View, out: string): void {
+export function bindSiluMul(binder: Binder, gate: View, up: View, out: string): void {
   const width = gate.shape[gate.shape.length - 1];
   const a = binder.rows(gate, width);
   const b = binder.rows(up, width);

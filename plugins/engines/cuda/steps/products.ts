@@ -1,11 +1,13 @@
-// Products by weights. Few rows (decode) stream the weight through rankflow's own kernel; more go
-// to cuBLASLt (bias and residual in its epilogue). The parts of one product share an output
-// buffer: each part is a view of its columns. For logits in sequence mode only each entry's last
-// row is computed.
+// Products by weights. Few rows (decode) stream the weight through rankflow's own kernel, which
+// also applies a folded RMSNorm to its input and a gated (silu·mul) epilogue; more rows go to
+// cuBLASLt (bias and residual in its epilogue), with the norm and the silu·mul as launches of
+// their own. The parts of one product share an output buffer: each part is a view of its
+// columns. For logits in sequence mode only each entry's last row is computed.
 
 import type { Binder } from "../program.ts";
 import type { Step } from "../lower.ts";
 import { floatDtype, type View } from "../views.ts";
+import { bindSiluMul } from "./pointwise.ts";
 import { KERNEL_DTYPE, kernels } from "../../../../ffi/kernels.ts";
 import { BYTES_PER_ELEMENT, numel } from "../../../../core/ir/tensor.ts";
 import { EngineError } from "../../../../core/runtime/engine.ts";
@@ -15,19 +17,67 @@ type Rows = View & { rowStride: number };
 
 export function bindProduct(binder: Binder, step: ProductStep, index: number): void {
   const ctx = binder.ctx;
+  const label = `product ${step.gated?.out ?? step.parts.map((part) => part.output).join(", ")}`;
   const logits = ctx.mode === "sequence" && step.parts.some((part) => part.output === "logits");
-  const x = binder.view(step.x);
+  // With a folded norm the product reads the norm's input and normalizes it on the way.
+  const x = binder.view(step.norm?.x ?? step.x);
   const m = logits ? ctx.meta.entries! : numel(x.shape) / step.k;
   let rx = binder.rows(x, step.k);
   const dtype = x.dtype;
+  const kernelDtype = KERNEL_DTYPE[floatDtype(dtype, label)];
+  const k = kernels();
   // The kernel reads 16-byte vectors of every row it is given.
   const vector = 16 / BYTES_PER_ELEMENT[dtype];
   const streamed = m <= ctx.kernelRows && step.k % vector === 0 &&
     (logits || (rx.ptr % 16n === 0n && rx.rowStride % vector === 0));
   if (logits) rx = gatherLastRows(binder, rx, step.k);
+  const rowsCapacity = logits ? ctx.capacity.get("__entries")! : rx.capacity / step.k;
+  let norm: { w: bigint; eps: number } | undefined;
+  if (step.norm) {
+    const w = binder.view(step.norm.w).ptr;
+    if (streamed && k.rf_gemv_stages(kernelDtype, m, step.k) === 1) norm = { w, eps: step.norm.eps };
+    else rx = normalize(binder, rx, m, rowsCapacity, w, step.norm.eps, label);
+  }
 
   const total = step.parts.reduce((sum, part) => sum + part.width, 0);
-  const rowsCapacity = logits ? ctx.capacity.get("__entries")! : rx.capacity / step.k;
+  let residual: bigint | undefined;
+  if (step.residual) {
+    const r = binder.contiguous(binder.view(step.residual));
+    if (total !== r.width) throw new EngineError(`residual ${step.residual} does not match its product`);
+    residual = r.ptr;
+  }
+  const { gemm, w, bias } = ctx.gemm(index, rx.rowStride, total, m);
+  const [b, r, source] = [bias ?? 0n, residual ?? 0n, rx];
+  const [normW, eps] = [norm?.w ?? 0n, norm?.eps ?? 0];
+  const { stream, workspace } = ctx;
+
+  if (step.gated && streamed) {
+    const width = total / 2;
+    const out = binder.scratch(dtype, binder.shapeOf(step.gated.out), rowsCapacity * width);
+    binder.views.set(step.gated.out, out);
+    binder.launch(
+      label,
+      () =>
+        k.rf_gemv(
+          kernelDtype,
+          m,
+          source.ptr,
+          source.rowStride,
+          normW,
+          eps,
+          w,
+          b,
+          r,
+          out.ptr,
+          width,
+          total,
+          step.k,
+          1,
+          stream,
+        ),
+    );
+    return;
+  }
   const buffer = binder.allocate(dtype, rowsCapacity * total);
   let offset = 0;
   for (const part of step.parts) {
@@ -41,28 +91,58 @@ export function bindProduct(binder: Binder, step: ProductStep, index: number): v
     });
     offset += part.width;
   }
-  let residual: bigint | undefined;
-  if (step.residual) {
-    const r = binder.contiguous(binder.view(step.residual));
-    if (total !== r.width) throw new EngineError(`residual ${step.residual} does not match its product`);
-    residual = r.ptr;
-  }
-  const { gemm, w, bias } = ctx.gemm(index, rx.rowStride, total, m);
-  const label = `product ${step.parts.map((part) => part.output).join(", ")}`;
-  const { stream, workspace } = ctx;
-  if (!streamed) {
-    const pointers = { x: rx.ptr, w, out: buffer, bias, residual };
+  if (streamed) {
+    binder.launch(
+      label,
+      () =>
+        k.rf_gemv(
+          kernelDtype,
+          m,
+          source.ptr,
+          source.rowStride,
+          normW,
+          eps,
+          w,
+          b,
+          r,
+          buffer,
+          total,
+          total,
+          step.k,
+          0,
+          stream,
+        ),
+    );
+  } else {
+    const pointers = { x: source.ptr, w, out: buffer, bias, residual };
     binder.push("product (cuBLASLt)", () => gemm.run(m, pointers, workspace, stream));
-    return;
   }
+  if (step.gated) {
+    const [gate, up] = step.parts.map((part) => binder.views.get(part.output)!);
+    bindSiluMul(binder, gate, up, step.gated.out);
+  }
+}
+
+/** The rows RMS-normalized into a scratch buffer, for a product that cannot normalize them itself. */
+function normalize(
+  binder: Binder,
+  rx: Rows,
+  rows: number,
+  rowsCapacity: number,
+  w: bigint,
+  eps: number,
+  label: string,
+): Rows {
+  const width = rx.width;
+  const out = binder.scratch(rx.dtype, [rows, width], rowsCapacity * width);
+  const dtype = KERNEL_DTYPE[floatDtype(rx.dtype, label)];
   const k = kernels();
-  const kernelDtype = KERNEL_DTYPE[floatDtype(dtype, step.parts[0].output)];
-  const source = rx;
-  const [n, depth, b, r] = [total, step.k, bias ?? 0n, residual ?? 0n];
+  const s = binder.ctx.stream;
   binder.launch(
-    label,
-    () => k.rf_gemv(kernelDtype, m, source.ptr, source.rowStride, w, b, r, buffer, n, n, depth, stream),
+    `rmsnorm for ${label}`,
+    () => k.rf_rmsnorm(dtype, rx.ptr, rx.rowStride, w, out.ptr, rows, width, eps, s),
   );
+  return { ...out, rowStride: width };
 }
 
 /** Each sequence's last row of x (the rows that become logits), gathered into a scratch buffer. */
