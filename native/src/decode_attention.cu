@@ -24,23 +24,19 @@ __device__ __noinline__ void decode_rope_angle(int64_t p, int i, int head_dim, f
   sincosf((float)p * inverse, s, c);
 }
 
-// Copies `keys` rows of the K and V caches into shared rows `row_stride` elements apart: every
-// thread issues all its 16-byte loads of both before its first store, so they are in flight together.
+// Copies `keys` rows of a cache into shared rows `row_stride` elements apart: every thread issues
+// all its 16-byte loads before its first store, so that they are in flight together.
 template <typename T, int KEYS>
-__device__ __forceinline__ void copy_rows(const T* k_src, const T* v_src, T* k_rows, T* v_rows, int keys,
-                                          int head_dim, int row_stride) {
+__device__ __forceinline__ void copy_rows(const T* src, T* rows, int keys, int head_dim, int row_stride) {
   constexpr int V = 16 / sizeof(T);
   constexpr int MAX_UNITS = KEYS * MAX_HEAD_DIM / V / DTHREADS;
   const int per_row = head_dim / V;
   const int units = keys * per_row;
-  uint4 held_k[MAX_UNITS], held_v[MAX_UNITS];
+  uint4 held[MAX_UNITS];
 #pragma unroll
   for (int p = 0; p < MAX_UNITS; p++) {
     const int unit = threadIdx.x + p * DTHREADS;
-    if (unit < units) {
-      held_k[p] = __ldg(reinterpret_cast<const uint4*>(k_src) + unit);
-      held_v[p] = __ldg(reinterpret_cast<const uint4*>(v_src) + unit);
-    }
+    if (unit < units) held[p] = __ldg(reinterpret_cast<const uint4*>(src) + unit);
   }
 #pragma unroll
   for (int p = 0; p < MAX_UNITS; p++) {
@@ -48,16 +44,11 @@ __device__ __forceinline__ void copy_rows(const T* k_src, const T* v_src, T* k_r
     if (unit < units) {
       const int j = unit / per_row;
       const int d = (unit - j * per_row) * V;
-      uint32_t* kd = reinterpret_cast<uint32_t*>(k_rows + j * row_stride + d);
-      uint32_t* vd = reinterpret_cast<uint32_t*>(v_rows + j * row_stride + d);
-      kd[0] = held_k[p].x;
-      kd[1] = held_k[p].y;
-      kd[2] = held_k[p].z;
-      kd[3] = held_k[p].w;
-      vd[0] = held_v[p].x;
-      vd[1] = held_v[p].y;
-      vd[2] = held_v[p].z;
-      vd[3] = held_v[p].w;
+      uint32_t* dst = reinterpret_cast<uint32_t*>(rows + j * row_stride + d);
+      dst[0] = held[p].x;
+      dst[1] = held[p].y;
+      dst[2] = held[p].z;
+      dst[3] = held[p].w;
     }
   }
 }
@@ -95,54 +86,60 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
   const int64_t cache_row = ((slot * kv_heads + kvh) * max_len + key_start) * head_dim;
   const bool own = pos < key_start + KEYS;  // this chunk holds the token's own position
   const int earlier = own ? keys - 1 : keys;
-  copy_rows<T, KEYS>(k_cache + cache_row, v_cache + cache_row, k_rows, v_rows, earlier, head_dim, row_stride);
-  pdl_wait();
-
   const int half = head_dim / 2;
   if (rope_q || rope_k) {
+    // positions, like slots and cache positions, are copied in before the step's first kernel
     const int64_t p = rope_pos[t % rope_period];
     for (int d = threadIdx.x; d < half; d += DTHREADS) decode_rope_angle(p, d, head_dim, theta, &rot_cos[d], &rot_sin[d]);
-    __syncthreads();
   }
-  for (int idx = threadIdx.x; idx < group * half; idx += DTHREADS) {
-    const int i = idx / half;
-    const int d = idx - i * half;
-    const T* src = q + t * ldq + (int64_t)(kvh * group + i) * head_dim;
-    float a = to_f32(src[d]), b = to_f32(src[d + half]);
-    if (rope_q) {
-      const float c = rot_cos[d], s = rot_sin[d];
-      const float ra = a * c - b * s, rb = b * c + a * s;
-      a = ra;
-      b = rb;
-    }
-    q_tile[i * head_dim + d] = to_f32(from_f32<T>(a)) * scale;
-    q_tile[i * head_dim + d + half] = to_f32(from_f32<T>(b)) * scale;
-  }
-  if (own) {
-    const int j = keys - 1;
-    const T* ks = k + t * ldk + (int64_t)kvh * head_dim;
-    const T* vs = v + t * ldv + (int64_t)kvh * head_dim;
-    T* kc = k_cache + cache_row + (int64_t)j * head_dim;
-    T* vc = v_cache + cache_row + (int64_t)j * head_dim;
-    for (int d = threadIdx.x; d < half; d += DTHREADS) {
-      float a = to_f32(ks[d]), b = to_f32(ks[d + half]);
-      if (rope_k) {
+  copy_rows<T, KEYS>(k_cache + cache_row, k_rows, earlier, head_dim, row_stride);
+  copy_rows<T, KEYS>(v_cache + cache_row, v_rows, earlier, head_dim, row_stride);
+  __syncthreads();
+  pdl_wait();
+
+  // q of the group's heads, then (in the chunk that holds it) the token's own k and v: one item a
+  // thread where the block has enough of them, so that their loads go out together.
+  const int q_items = group * half;
+  const int items = q_items + (own ? half : 0);
+  const int j = keys - 1;  // the own row, where own
+  for (int idx = threadIdx.x; idx < items; idx += DTHREADS) {
+    if (idx < q_items) {
+      const int i = idx / half;
+      const int d = idx - i * half;
+      const T* src = q + t * ldq + (int64_t)(kvh * group + i) * head_dim;
+      float a = to_f32(src[d]), b = to_f32(src[d + half]);
+      if (rope_q) {
         const float c = rot_cos[d], s = rot_sin[d];
         const float ra = a * c - b * s, rb = b * c + a * s;
         a = ra;
         b = rb;
       }
-      const T ka = from_f32<T>(a), kb = from_f32<T>(b);
-      k_rows[j * row_stride + d] = ka;
-      k_rows[j * row_stride + d + half] = kb;
-      kc[d] = ka;
-      kc[d + half] = kb;
-      const T va = vs[d], vb = vs[d + half];
-      v_rows[j * row_stride + d] = va;
-      v_rows[j * row_stride + d + half] = vb;
-      vc[d] = va;
-      vc[d + half] = vb;
+      q_tile[i * head_dim + d] = to_f32(from_f32<T>(a)) * scale;
+      q_tile[i * head_dim + d + half] = to_f32(from_f32<T>(b)) * scale;
+      continue;
     }
+    const int d = idx - q_items;
+    const T* ks = k + t * ldk + (int64_t)kvh * head_dim;
+    const T* vs = v + t * ldv + (int64_t)kvh * head_dim;
+    float a = to_f32(ks[d]), b = to_f32(ks[d + half]);
+    const T va = vs[d], vb = vs[d + half];
+    if (rope_k) {
+      const float c = rot_cos[d], s = rot_sin[d];
+      const float ra = a * c - b * s, rb = b * c + a * s;
+      a = ra;
+      b = rb;
+    }
+    const T ka = from_f32<T>(a), kb = from_f32<T>(b);
+    T* kc = k_cache + cache_row + (int64_t)j * head_dim;
+    T* vc = v_cache + cache_row + (int64_t)j * head_dim;
+    k_rows[j * row_stride + d] = ka;
+    k_rows[j * row_stride + d + half] = kb;
+    kc[d] = ka;
+    kc[d + half] = kb;
+    v_rows[j * row_stride + d] = va;
+    v_rows[j * row_stride + d + half] = vb;
+    vc[d] = va;
+    vc[d + half] = vb;
   }
   __syncthreads();
   pdl_trigger();

@@ -28,9 +28,11 @@ export function bindProduct(binder: Binder, step: ProductStep, index: number): v
   const k = kernels();
   // The kernel reads 16-byte vectors of every row it is given.
   const vector = 16 / BYTES_PER_ELEMENT[dtype];
+  // Logits need each entry's last row, gathered, unless every entry has one (decode).
+  const gather = logits && numel(x.shape) / step.k !== m;
   const streamed = m <= ctx.kernelRows && step.k % vector === 0 &&
-    (logits || (rx.ptr % 16n === 0n && rx.rowStride % vector === 0));
-  if (logits) rx = gatherLastRows(binder, rx, step.k);
+    (gather || (rx.ptr % 16n === 0n && rx.rowStride % vector === 0));
+  if (gather) rx = gatherLastRows(binder, rx, step.k);
   const rowsCapacity = logits ? ctx.capacity.get("__entries")! : rx.capacity / step.k;
   let norm: { w: bigint; eps: number } | undefined;
   if (step.norm) {
