@@ -178,6 +178,12 @@ export async function benchGpu(dirArg?: string): Promise<void> {
     });
     console.error(`rankflow ${JSON.stringify(ours.at(-1))}`);
   }
+  // Batch 8 again with its products on rankflow's few-row kernel instead of cuBLASLt.
+  const fewRows = new Map<number, number>();
+  {
+    using kernel = await cudaBackend({ kernel_rows: 8 }).build(model.graph, weights) as CudaEngine;
+    for (const context of [128, 1024]) fewRows.set(context, await decodeMs(kernel, 8, context, vocab));
+  }
   const profiles = new Map<number, Map<string, { ms: number; launches: number }>>();
   for (const batch of [1, 8]) {
     try {
@@ -215,6 +221,14 @@ export async function benchGpu(dirArg?: string): Promise<void> {
           } |`,
       );
     }
+  }
+  console.log(
+    "\nBatch-8 decode, ms per step: products on cuBLASLt (the default) and on rankflow's few-row kernel",
+  );
+  console.log("| context | cuBLASLt | few-row kernel (kernel_rows: 8) |");
+  console.log("|---:|---:|---:|");
+  for (const [context, ms] of fewRows) {
+    console.log(`| ${context} | ${show(find("rankflow", "decode", 8, context))} | ${show(ms)} |`);
   }
   for (const [batch, profile] of profiles) {
     console.log(

@@ -8,12 +8,15 @@
 // - one row of x (batch-1 decode) lives in registers: a row of up to 2048 bf16 elements is one
 //   warp's slice (longer rows are split over up to 8 warps of a block, which add up their parts
 //   in shared memory), and the RMSNorm that feeds the product is applied there by the warp;
-// - several rows of x are staged once per block in shared memory, normalized on the way;
+// - several rows of x are staged once per block in shared memory, normalized on the way, and in
+//   f16/bf16 go through tensor cores (mma.m16n8k16, below); f32 keeps an FMA kernel;
 // - `gated` pairs row j with row j + n/2 and writes silu(x·w_j) · (x·w_{j+n/2}): the gate and up
 //   projections of an MLP and their silu·mul in one launch.
 // Every rounding matches the unfused kernels: the norm's output, the gate and up products and
 // the silu are each rounded to the dtype, as the graph's separate ops would store them.
 #include <stdlib.h>
+
+#include <type_traits>
 
 #include "common.cuh"
 
@@ -416,12 +419,237 @@ static int gemv_one(int slices, const GemvParams<T>& params, cudaStream_t stream
   }
 }
 
+// Several rows of x (2 to 8: decode batches) on tensor cores: mma.m16n8k16 with 16 weight rows as
+// its M and the rows of x as its N (8, zero where x has fewer rows), f32 accumulators. Lane l holds,
+// of weight rows g = l / 4 and g + 8, the 16-byte vector at k = 32·b + 8·(l % 4) of each 32-wide
+// k block b; the products' k order within a block is permuted alike in the weights and in x, so
+// two mma steps use the vector as loaded. A warp's task is two 16-row tiles: 16 rows over two
+// halves of its k range, or (gated) 16 gate rows and the 16 matching up rows. x is staged in
+// shared memory (normalized there when a norm is folded) where it fits, rows padded by 8 elements.
+__device__ __forceinline__ void mma_16816(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                          uint32_t b1, __nv_bfloat16) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_16816(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                          uint32_t b1, __half) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+static const int MMA_U = 4;  // k blocks of 32 a lane has in flight per row
+
+template <typename T, int SLICES>
+__global__ void __launch_bounds__(GEMV_WARPS * 32, 2) gemv_mma_kernel(const GemvParams<T> p, int m) {
+  constexpr int PER_BLOCK = GEMV_WARPS / SLICES;
+  extern __shared__ __align__(16) unsigned char mma_shared[];
+  T* xs = reinterpret_cast<T*>(mma_shared);
+  __shared__ float parts[GEMV_WARPS][8][32];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int slice = warp % SLICES;
+  const int local = warp / SLICES;
+  const int g = lane >> 2;
+  const int q = lane & 3;
+  const int half = p.n / 2;
+  const int tasks = p.gated ? (half + 15) / 16 : (p.n + 15) / 16;
+  const int blocks_k = p.k / 32;
+  const int k_begin = slice * blocks_k / SLICES;
+  const int k_end = (slice + 1) * blocks_k / SLICES;
+  // tile A runs over [k_begin, k_a_end) and tile B over [k_a_end - k_begin + b_shift ...): the
+  // same blocks for gated tasks, the second half of the slice for plain ones
+  const int steps = p.gated ? k_end - k_begin : (k_end - k_begin + 1) / 2;
+  const int b_shift = p.gated ? 0 : steps;
+  const int64_t ldx = p.staged ? p.k + 8 : p.ldx;
+  const T* x = p.staged ? xs : p.x;
+
+  uint4 w[4][MMA_U];  // rows g and g + 8 of tile A, then of tile B
+  const auto row_of = [&](int task, int r) -> int {  // r: 0, 1 tile A (g, g + 8); 2, 3 tile B
+    const int i = 16 * task + g + (r & 1) * 8;
+    if (p.gated) return min(i, half - 1) + (r >= 2 ? half : 0);
+    return min(i, p.n - 1);
+  };
+  const auto load = [&](int task, int step0) {
+    if (task >= tasks) return;
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+      const T* row = p.w + (int64_t)row_of(task, r) * p.k;
+      const int shift = r >= 2 ? b_shift : 0;
+#pragma unroll
+      for (int u = 0; u < MMA_U; u++) {
+        const int b = k_begin + step0 + u + shift;
+        if (step0 + u < steps && b < k_end) w[r][u] = load_stream(row + 32 * b + 8 * q);
+      }
+    }
+  };
+
+  int task = blockIdx.x * PER_BLOCK + local;
+  const int stride = gridDim.x * PER_BLOCK;
+  load(task, 0);
+  pdl_wait();
+  if (p.staged) {
+    for (int r = 0; r < m; r++) {
+      const T* row = p.x + (int64_t)r * p.ldx;
+      float scale = 1.f;
+      if (p.norm) {
+        float sum = 0.f;
+        for (int kk = threadIdx.x * 8; kk < p.k; kk += blockDim.x * 8) {
+          float v[8];
+          unpack<T>(*reinterpret_cast<const uint4*>(row + kk), v);
+#pragma unroll
+          for (int i = 0; i < 8; i++) sum += v[i] * v[i];
+        }
+        scale = rsqrtf(block_sum(sum) / (float)p.k + p.eps);
+      }
+      for (int kk = threadIdx.x * 8; kk < p.k; kk += blockDim.x * 8) {
+        uint4 raw = *reinterpret_cast<const uint4*>(row + kk);
+        if (p.norm) {
+          float v[8], gw[8];
+          unpack<T>(raw, v);
+          unpack<T>(*reinterpret_cast<const uint4*>(p.norm + kk), gw);
+          T* out = reinterpret_cast<T*>(&raw);
+#pragma unroll
+          for (int i = 0; i < 8; i++) out[i] = from_f32<T>(gw[i] * (v[i] * scale));
+        }
+        *reinterpret_cast<uint4*>(xs + r * ldx + kk) = raw;
+      }
+    }
+    __syncthreads();
+  }
+  pdl_trigger();
+
+  for (; task < tasks; task += stride) {
+    float ca[4] = {0.f, 0.f, 0.f, 0.f}, cb[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int step0 = 0; step0 < steps; step0 += MMA_U) {
+      if (step0 > 0) load(task, step0);
+#pragma unroll
+      for (int u = 0; u < MMA_U; u++) {
+        if (step0 + u >= steps) break;
+        const int ba = k_begin + step0 + u;
+        const int bb = ba + b_shift;
+        const uint4 zero = make_uint4(0, 0, 0, 0);
+        const uint4 xa = g < m ? *reinterpret_cast<const uint4*>(x + g * ldx + 32 * ba + 8 * q) : zero;
+        mma_16816(ca, w[0][u].x, w[1][u].x, w[0][u].y, w[1][u].y, xa.x, xa.y, T());
+        mma_16816(ca, w[0][u].z, w[1][u].z, w[0][u].w, w[1][u].w, xa.z, xa.w, T());
+        if (bb < k_end) {
+          const uint4 xb =
+              b_shift == 0 ? xa : (g < m ? *reinterpret_cast<const uint4*>(x + g * ldx + 32 * bb + 8 * q) : zero);
+          mma_16816(cb, w[2][u].x, w[3][u].x, w[2][u].y, w[3][u].y, xb.x, xb.y, T());
+          mma_16816(cb, w[2][u].z, w[3][u].z, w[2][u].w, w[3][u].w, xb.z, xb.w, T());
+        }
+      }
+    }
+    load(task + stride, 0);  // in flight during the reduction
+    if (SLICES > 1) {
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        parts[warp][i][lane] = ca[i];
+        parts[warp][4 + i][lane] = cb[i];
+      }
+      __syncthreads();
+      if (slice == 0) {
+        for (int s = 1; s < SLICES; s++) {
+#pragma unroll
+          for (int i = 0; i < 4; i++) {
+            ca[i] += parts[warp + s][i][lane];
+            cb[i] += parts[warp + s][4 + i][lane];
+          }
+        }
+      }
+    }
+    if (slice == 0) {
+      // c[0], c[1]: row g, x rows 2q and 2q + 1; c[2], c[3]: row g + 8, the same x rows
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const int r = 16 * task + g + (i >= 2 ? 8 : 0);
+        const int token = 2 * q + (i & 1);
+        if (token >= m) continue;
+        const int64_t at = (int64_t)token * p.ld_out;
+        if (p.gated) {
+          if (r >= half) continue;
+          float gate = ca[i], up = cb[i];
+          if (p.bias) {
+            gate += to_f32(p.bias[r]);
+            up += to_f32(p.bias[r + half]);
+          }
+          const float s = to_f32(from_f32<T>(silu(to_f32(from_f32<T>(gate)))));
+          p.out[at + r] = from_f32<T>(s * to_f32(from_f32<T>(up)));
+        } else {
+          if (r >= p.n) continue;
+          float v = ca[i] + cb[i];
+          if (p.bias) v += to_f32(p.bias[r]);
+          if (p.residual) v += to_f32(p.residual[at + r]);
+          p.out[at + r] = from_f32<T>(v);
+        }
+      }
+    }
+    if (SLICES > 1) __syncthreads();
+  }
+}
+
+template <typename T, int SLICES>
+static int gemv_mma_launch(const GemvParams<T>& params, int m, cudaStream_t stream) {
+  const auto kernel = gemv_mma_kernel<T, SLICES>;
+  const size_t shared = params.staged ? (size_t)m * (params.k + 8) * sizeof(T) : 0;
+  if (shared > 48 * 1024) {
+    static bool raised = false;
+    if (!raised) {
+      const cudaError_t rc =
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, GEMV_STAGE_LIMIT + 1024);
+      if (rc != cudaSuccess) return static_cast<int>(rc);
+      raised = true;
+    }
+  }
+  int resident = 0;
+  cudaError_t rc = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, GEMV_WARPS * 32, shared);
+  if (rc != cudaSuccess) return static_cast<int>(rc);
+  const int tasks = params.gated ? (params.n / 2 + 15) / 16 : (params.n + 15) / 16;
+  constexpr int PER_BLOCK = GEMV_WARPS / SLICES;
+  const int needed = (tasks + PER_BLOCK - 1) / PER_BLOCK;
+  const int blocks = max(1, min(needed, max(1, resident) * multiprocessors()));
+  return rf_launch(kernel, dim3((unsigned)blocks), dim3(GEMV_WARPS * 32), shared, stream, params, m);
+}
+
+// Warps over k for `tasks` two-tile tasks: enough warps to fill the GPU, each with at least
+// MMA_U blocks of 32 to stream.
+static int mma_slices(int tasks, int k) {
+  int slices = 1;
+  while (slices < GEMV_WARPS && tasks * slices < 2048 && (k / 32) / (slices * 2) >= 2 * MMA_U) slices *= 2;
+  return slices;
+}
+
+template <typename T>
+static int gemv_mma(int m, GemvParams<T> params, cudaStream_t stream) {
+  params.staged = (size_t)m * (params.k + 8) * sizeof(T) <= (size_t)GEMV_STAGE_LIMIT + 1024 ? 1 : 0;
+  const int tasks = params.gated ? (params.n / 2 + 15) / 16 : (params.n + 15) / 16;
+  switch (mma_slices(tasks, params.k)) {
+    case 1:
+      return gemv_mma_launch<T, 1>(params, m, stream);
+    case 2:
+      return gemv_mma_launch<T, 2>(params, m, stream);
+    case 4:
+      return gemv_mma_launch<T, 4>(params, m, stream);
+    default:
+      return gemv_mma_launch<T, 8>(params, m, stream);
+  }
+}
+
 template <typename T>
 static int gemv(int m, const GemvParams<T>& params, cudaStream_t stream) {
   const int u = unroll == 4 ? 4 : 8;
   const int slices = slices_of<T>(params.k, u);
   if (m == 1 && slices > 0 && !force_staged) {
     return u == 4 ? gemv_one<T, 4>(slices, params, stream) : gemv_one<T, 8>(slices, params, stream);
+  }
+  if constexpr (!std::is_same<T, float>::value) {
+    if (m > 1 && params.k % 32 == 0 && !force_staged) return gemv_mma<T>(m, params, stream);
   }
   switch (m) {
     case 1:
