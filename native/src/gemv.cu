@@ -425,7 +425,8 @@ static int gemv_one(int slices, const GemvParams<T>& params, cudaStream_t stream
 // k block b; the products' k order within a block is permuted alike in the weights and in x, so
 // two mma steps use the vector as loaded. A warp's task is two 16-row tiles: 16 rows over two
 // halves of its k range, or (gated) 16 gate rows and the 16 matching up rows. x is staged in
-// shared memory (normalized there when a norm is folded) where it fits, rows padded by 8 elements.
+// shared memory (normalized there when a norm is folded) where it fits, rows MMA_PAD elements apart
+// beyond k so that the two rows one load phase reads fall in different banks.
 __device__ __forceinline__ void mma_16816(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                           uint32_t b1, __nv_bfloat16) {
   asm volatile(
@@ -444,7 +445,8 @@ __device__ __forceinline__ void mma_16816(float* c, uint32_t a0, uint32_t a1, ui
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-static const int MMA_U = 4;  // k blocks of 32 a lane has in flight per row
+static const int MMA_U = 4;     // k blocks of 32 a lane has in flight per row
+static const int MMA_PAD = 32;  // elements between staged rows of x beyond k
 
 template <typename T, int SLICES>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) gemv_mma_kernel(const GemvParams<T> p, int m) {
@@ -467,7 +469,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) gemv_mma_kernel(const Gemv
   // same blocks for gated tasks, the second half of the slice for plain ones
   const int steps = p.gated ? k_end - k_begin : (k_end - k_begin + 1) / 2;
   const int b_shift = p.gated ? 0 : steps;
-  const int64_t ldx = p.staged ? p.k + 8 : p.ldx;
+  const int64_t ldx = p.staged ? p.k + MMA_PAD : p.ldx;
   const T* x = p.staged ? xs : p.x;
 
   uint4 w[4][MMA_U];  // rows g and g + 8 of tile A, then of tile B
@@ -597,7 +599,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) gemv_mma_kernel(const Gemv
 template <typename T, int SLICES>
 static int gemv_mma_launch(const GemvParams<T>& params, int m, cudaStream_t stream) {
   const auto kernel = gemv_mma_kernel<T, SLICES>;
-  const size_t shared = params.staged ? (size_t)m * (params.k + 8) * sizeof(T) : 0;
+  const size_t shared = params.staged ? (size_t)m * (params.k + MMA_PAD) * sizeof(T) : 0;
   if (shared > 48 * 1024) {
     static bool raised = false;
     if (!raised) {
@@ -617,17 +619,17 @@ static int gemv_mma_launch(const GemvParams<T>& params, int m, cudaStream_t stre
   return rf_launch(kernel, dim3((unsigned)blocks), dim3(GEMV_WARPS * 32), shared, stream, params, m);
 }
 
-// Warps over k for `tasks` two-tile tasks: enough warps to fill the GPU, each with at least
+// Warps over k for `tasks` two-tile tasks: enough warps to fill the GPU, each tile with at least
 // MMA_U blocks of 32 to stream.
 static int mma_slices(int tasks, int k) {
   int slices = 1;
-  while (slices < GEMV_WARPS && tasks * slices < 2048 && (k / 32) / (slices * 2) >= 2 * MMA_U) slices *= 2;
+  while (slices < GEMV_WARPS && tasks * slices < 2048 && (k / 32) / (slices * 2) >= MMA_U) slices *= 2;
   return slices;
 }
 
 template <typename T>
 static int gemv_mma(int m, GemvParams<T> params, cudaStream_t stream) {
-  params.staged = (size_t)m * (params.k + 8) * sizeof(T) <= (size_t)GEMV_STAGE_LIMIT + 1024 ? 1 : 0;
+  params.staged = (size_t)m * (params.k + MMA_PAD) * sizeof(T) <= (size_t)GEMV_STAGE_LIMIT + 1024 ? 1 : 0;
   const int tasks = params.gated ? (params.n / 2 + 15) / 16 : (params.n + 15) / 16;
   switch (mma_slices(tasks, params.k)) {
     case 1:
