@@ -1,8 +1,8 @@
 // The decode products of a Llama-3.2-1B-shaped model through rf_gemv, beside the copy-bandwidth
 // floor of the same GPU: each product alone, then one whole step's 65 products captured in a CUDA
 // graph with and without programmatic launch; and the one-launch decode attention alone. Also
-// checks the fused forms (norm prologue, gated epilogue, residual) against the unfused kernels. Built by CMake as rankflow_bench_products:
-//   build/native/rankflow_bench_products            (deno task bench:kernels runs it)
+// checks the fused forms (norm prologue, gated epilogue, residual) against the unfused kernels.
+// Built by CMake as build/native/rankflow_bench_products; deno task bench:kernels runs it.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 

@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
   const int row_stride = head_dim + 2;
   float* q_tile = reinterpret_cast<float*>(decode_shared);  // [group][head_dim]
   float* scores = q_tile + group * head_dim;                 // [group][KEYS]
-  T* k_rows = reinterpret_cast<T*>(scores + group * KEYS); // [KEYS][head_dim + 2]
+  T* k_rows = reinterpret_cast<T*>(scores + group * KEYS);   // [KEYS][head_dim + 2]
   T* v_rows = k_rows + KEYS * row_stride;
   __shared__ bool last_block;
   __shared__ float rot_cos[MAX_HEAD_DIM / 2], rot_sin[MAX_HEAD_DIM / 2];
@@ -90,7 +90,9 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
   if (rope_q || rope_k) {
     // positions, like slots and cache positions, are copied in before the step's first kernel
     const int64_t p = rope_pos[t % rope_period];
-    for (int d = threadIdx.x; d < half; d += DTHREADS) decode_rope_angle(p, d, head_dim, theta, &rot_cos[d], &rot_sin[d]);
+    for (int d = threadIdx.x; d < half; d += DTHREADS) {
+      decode_rope_angle(p, d, head_dim, theta, &rot_cos[d], &rot_sin[d]);
+    }
   }
   copy_rows<T, KEYS>(k_cache + cache_row, k_rows, earlier, head_dim, row_stride);
   copy_rows<T, KEYS>(v_cache + cache_row, v_rows, earlier, head_dim, row_stride);

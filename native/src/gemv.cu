@@ -1,13 +1,13 @@
 // Products with few rows (decode: one row per sequence): out[m, n] = x[m, :] · w[n, :] (+ bias[n])
 // (+ residual[m, n]) for m ≤ 8. Reading the weight once at full bandwidth is all that matters:
-// - each warp takes two weight rows at a time, every lane holding 8 of their 16-byte vectors in
-//   flight, and reduces with shuffles; blocks stay resident and loop, loading the next rows
-//   while they reduce;
+// - each warp takes two weight rows at a time, every lane holding 4 (RANKFLOW_GEMV_UNROLL: or 8)
+//   of their 16-byte vectors in flight, and reduces with shuffles; blocks stay resident and loop,
+//   loading the next rows while they reduce;
 // - the warp's first weight loads are issued before pdl_wait(), so under programmatic launch
 //   they overlap the kernel before (weights are never written);
-// - one row of x (batch-1 decode) lives in registers: a row of up to 2048 bf16 elements is one
-//   warp's slice (longer rows are split over up to 8 warps of a block, which add up their parts
-//   in shared memory), and the RMSNorm that feeds the product is applied there by the warp;
+// - one row of x (batch-1 decode) lives in registers: a warp holds a slice of 32 lanes × 4
+//   vectors of it (1024 bf16 elements), a row is split over up to 8 warps of a block, which add
+//   up their parts in shared memory, and the RMSNorm that feeds the product is applied there;
 // - several rows of x are staged once per block in shared memory, normalized on the way, and in
 //   f16/bf16 go through tensor cores (mma.m16n8k16, below); f32 keeps an FMA kernel;
 // - `gated` pairs row j with row j + n/2 and writes silu(x·w_j) · (x·w_{j+n/2}): the gate and up
