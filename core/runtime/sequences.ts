@@ -38,6 +38,21 @@ export interface SequenceOptions {
   maxLength: number;
 }
 
+/**
+ * How one entry's next token is drawn from its logits (the rule is `sampleLogits` in
+ * core/serve/sampling.ts, which engines that sample on their device must follow to the token).
+ */
+export interface SampleChoice {
+  /** Above 0 (a temperature of 0 is greedy and goes through `greedy`). */
+  temperature: number;
+  /** Keeps only the topK likeliest tokens; 0 keeps all. */
+  topK: number;
+  /** Nucleus mass in (0, 1]; 1 keeps all. */
+  topP: number;
+  /** The request's uniform draw in [0, 1) for this token. */
+  uniform: number;
+}
+
 export interface Sequences extends Disposable {
   readonly slots: number;
   readonly maxLength: number;
@@ -45,6 +60,11 @@ export interface Sequences extends Disposable {
   step(batch: SequenceStep[]): Promise<Tensor>;
   /** Like step, but returns only the index of the largest logit of each entry. */
   greedy(batch: SequenceStep[]): Promise<number[]>;
+  /**
+   * Like step, but draws each entry's next token where the logits are (on the device), by
+   * `choices[i]` for entry i. Optional: callers without it sample the logits of step on the host.
+   */
+  sample?(batch: SequenceStep[], choices: SampleChoice[]): Promise<number[]>;
   /** Forgets the slot's cache; the slot may start a new sequence. */
   release(slot: number): void;
 }

@@ -13,6 +13,8 @@ export interface ChoiceParams {
   /** Undefined: `defaultMaxTokens`, cut to what the context leaves. */
   maxTokens?: number;
   temperature: number;
+  /** 0 keeps every token. */
+  topK: number;
   topP: number;
   n: number;
   seed?: number;
@@ -102,6 +104,7 @@ export function startChoices(
         const index = choices.length;
         const sampler = makeSampler({
           temperature: params.temperature,
+          topK: params.topK,
           topP: params.topP,
           seed: params.seed === undefined ? undefined : params.seed + index,
         });

@@ -1,6 +1,7 @@
 // The OpenAI request bodies this server takes, as zod schemas, and their parsing into plain
 // parameters. A field the server does not implement is refused by name rather than ignored, so a
-// client never gets an answer made differently from what it asked.
+// client never gets an answer made differently from what it asked. top_k is an extension, not
+// OpenAI's (vLLM takes it too); OpenAI clients send it through extra_body.
 
 import { z } from "zod";
 import type { ChatMessage } from "../runtime/tokenizer.ts";
@@ -14,6 +15,10 @@ const sampling = {
   model: z.string().describe("the served model's name, as GET /v1/models lists it"),
   temperature: z.number().min(0).max(2).nullish().describe("0 is greedy; default 1"),
   top_p: z.number().gt(0).max(1).nullish().describe("nucleus sampling mass; default 1"),
+  top_k: z.number().int().nonnegative().nullish()
+    .describe(
+      "keeps the k likeliest tokens, 0 all; a rankflow extension, sent in extra_body by OpenAI clients",
+    ),
   n: z.number().int().min(1).max(16).nullish().describe("completions per prompt; default 1"),
   seed: z.number().int().nullish().describe("makes sampling reproducible"),
   stop,
@@ -52,6 +57,8 @@ export interface GenerationParams {
   /** Undefined: the server's default, cut to what the context leaves. */
   maxTokens?: number;
   temperature: number;
+  /** top_k, a rankflow extension; 0 keeps every token. */
+  topK: number;
   topP: number;
   n: number;
   seed?: number;
@@ -112,6 +119,7 @@ function generationParams(
     model: request.model,
     maxTokens: maxTokens ?? undefined,
     temperature: request.temperature ?? 1,
+    topK: request.top_k ?? 0,
     topP: request.top_p ?? 1,
     n: request.n ?? 1,
     seed: request.seed ?? undefined,

@@ -2,12 +2,14 @@
 // free sequence slots and leave when done. Each step runs the prompts of the requests that just
 // joined together with one new token of every running request, so a long generation never holds
 // the others back and a short one leaves at once. Timeouts, cancellations (a client gone) and
-// engine failures end a request between steps and free its slot.
+// engine failures end a request between steps and free its slot. Tokens are drawn where the pool
+// can (on the device), else from the step's logits here, by one rule and the same draws.
 
-import type { Sequences, SequenceStep } from "../runtime/sequences.ts";
+import type { Tensor } from "../ir/tensor.ts";
+import type { SampleChoice, Sequences, SequenceStep } from "../runtime/sequences.ts";
 import { ServeError } from "./errors.ts";
 import type { MetricsRegistry } from "./metrics.ts";
-import type { Sampler } from "./sampling.ts";
+import { argmax, sampleLogits, type Sampler } from "./sampling.ts";
 import { type FinishReason, TokenStream } from "./token_stream.ts";
 
 export interface SchedulerOptions {
@@ -176,13 +178,11 @@ export class Scheduler implements AsyncDisposable {
   async #step(): Promise<void> {
     const batch = [...this.#running];
     const entries: SequenceStep[] = batch.map((s) => ({ slot: s.slot!, ids: s.next, start: s.start }));
+    const samplers = batch.map((sequence) => sequence.request.sampler);
     const began = performance.now();
-    let logits: Float32Array;
-    let vocab: number;
+    let result: number[] | Tensor;
     try {
-      const result = await this.pool.step(entries);
-      logits = result.data as Float32Array;
-      vocab = result.shape[1];
+      result = await this.#stepPool(entries, samplers);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       const failure = new ServeError(500, `the engine step failed: ${message}`, "engine_error", undefined, {
@@ -195,9 +195,10 @@ export class Scheduler implements AsyncDisposable {
     }
     this.#metrics.stepSeconds.observe((performance.now() - began) / 1000);
     this.#metrics.stepBatch.observe(batch.length);
+    const tokens = Array.isArray(result) ? result : sampleRows(result, samplers);
     batch.forEach((sequence, row) => {
       if (sequence.start === 0) this.#metrics.promptTokens.inc({}, sequence.next.length);
-      const token = sequence.request.sampler(logits.subarray(row * vocab, (row + 1) * vocab));
+      const token = tokens[row];
       this.#metrics.generatedTokens.inc();
       sequence.stream.completionTokens++;
       sequence.start += sequence.next.length;
@@ -209,6 +210,21 @@ export class Scheduler implements AsyncDisposable {
     this.#dropEnded();
   }
 
+  /**
+   * Runs one step: the next ids where the pool samples on its device, else the logits to sample on
+   * the host. Either way each sampled (not greedy) row takes one draw of its request's generator.
+   */
+  #stepPool(entries: SequenceStep[], samplers: Sampler[]): Promise<number[] | Tensor> {
+    if (!this.pool.sample) return this.pool.step(entries);
+    if (samplers.every(isGreedy)) return this.pool.greedy(entries);
+    const choices = samplers.map((sampler): SampleChoice => {
+      if (isGreedy(sampler)) return TOP_ONE;
+      const { temperature, topK, topP } = sampler.params;
+      return { temperature, topK, topP, uniform: sampler.draw() };
+    });
+    return this.pool.sample(entries, choices);
+  }
+
   #leave(sequence: Sequence, reason: FinishReason | "failed"): void {
     this.#metrics.finished.inc({ reason });
     if (sequence.slot === undefined) return;
@@ -216,4 +232,24 @@ export class Scheduler implements AsyncDisposable {
     this.#freeSlots.push(sequence.slot);
     sequence.slot = undefined;
   }
+}
+
+/**
+ * A greedy row among sampled ones: a choice must have a temperature above 0, and the top 1 of the
+ * ranking is the argmax (the first of equals) whatever the draw.
+ */
+const TOP_ONE: SampleChoice = { temperature: 1, topK: 1, topP: 1, uniform: 0 };
+
+function isGreedy(sampler: Sampler): boolean {
+  return sampler.params.temperature === 0;
+}
+
+/** Each row's next token from f32 [rows, vocab] logits, by its request's sampler. */
+function sampleRows(logits: Tensor, samplers: Sampler[]): number[] {
+  const values = logits.data as Float32Array;
+  const vocab = logits.shape[1];
+  return samplers.map((sampler, row) => {
+    const rowLogits = values.subarray(row * vocab, (row + 1) * vocab);
+    return isGreedy(sampler) ? argmax(rowLogits) : sampleLogits(rowLogits, sampler.params, sampler.draw());
+  });
 }

@@ -43,6 +43,7 @@ Deno.test("openai requests: each bad request gets a 4xx JSON error, and good one
     ["max_tokens of the wrong type", completions, { ...good, max_tokens: "ten" }, 400, /^max_tokens: /],
     ["a negative max_tokens", completions, { ...good, max_tokens: -1 }, 400, /^max_tokens: /],
     ["temperature out of range", completions, { ...good, temperature: 7 }, 400, /^temperature: .*2/],
+    ["a negative top_k", completions, { ...good, top_k: -1 }, 400, /^top_k: .*likeliest/],
     ["no prompt", completions, { model: "tiny" }, 400, /^prompt: /],
     [
       "a token id outside the vocabulary",
@@ -112,6 +113,8 @@ Deno.test("openai requests: a seed makes sampling repeat, and n samples per prom
   const [ids] = await generateGreedy(served.engine, [served.tokenizer.encode("Once")], { maxTokens: 12 });
   strictEqual(greedy.body.choices[0].text, served.tokenizer.decode(ids));
   notStrictEqual(a.body.choices[0].text, greedy.body.choices[0].text);
+  const topOne = await postJson(url, { ...request, top_k: 1 });
+  strictEqual(topOne.body.choices[0].text, greedy.body.choices[0].text, "top_k 1 keeps only the argmax");
 });
 
 Deno.test("openai requests: the text ends before the first stop string, streamed or not", async () => {
