@@ -7,7 +7,7 @@ import { findLibrary, type LibrarySpec, overrideVariable } from "./discover.ts";
 import { buildNative, KERNELS_LIBRARY } from "../native/build.ts";
 
 export const KERNELS: LibrarySpec = { name: "kernels", files: ["librankflow_kernels.so"], cuda: false };
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 
 const stream = "u64"; // void* stream (cudaStream_t)
 const dev = "u64"; // device pointer
@@ -133,6 +133,20 @@ export const symbols = {
       dev, // int32_t* out
       "i32", // int rows
       "i32", // int width
+      stream, // void* stream
+    ],
+    result: "i32",
+  },
+  rf_sample: {
+    parameters: [
+      "i32", // int dtype
+      dev, // const void* x
+      "i32", // int ldx
+      "i32", // int rows
+      "i32", // int vocab
+      dev, // const double* params
+      dev, // double* weights
+      dev, // int32_t* out
       stream, // void* stream
     ],
     result: "i32",

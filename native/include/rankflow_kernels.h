@@ -45,6 +45,11 @@ int rf_binary(int dtype, int op, const void* a, const int64_t* a_strides, const 
 int rf_softmax(int dtype, const void* x, void* out, int rows, int width, void* stream);
 /* out[r] = index of the largest x[r, :] (the first on ties); dtype may also be RF_F32 logits. */
 int rf_argmax(int dtype, const void* x, int ldx, int32_t* out, int rows, int width, void* stream);
+/* out[r] = a token drawn from x[r, :vocab] by core/serve/sampling.ts's rule, with params[4r ..]
+ * = temperature (> 0), top_k (0: all), top_p (in (0, 1]) and the uniform draw in [0, 1);
+ * weights is scratch of rows × vocab doubles. */
+int rf_sample(int dtype, const void* x, int ldx, int rows, int vocab, const double* params, double* weights,
+              int32_t* out, void* stream);
 int rf_cast(int from, int to, const void* x, void* out, int n, void* stream);
 /* out = x permuted: out.shape[i] = shape[perm[i]], for up to 4 axes (pad with leading 1s). */
 int rf_permute(int elem_bytes, const void* x, void* out, const int64_t* shape, const int64_t* perm, void* stream);

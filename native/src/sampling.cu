@@ -57,3 +57,233 @@ extern "C" int rf_argmax(int dtype, const void* x, int ldx, int32_t* out, int ro
                                       (const T*)x, ldx, out, width));
   return 0;
 }
+
+// Drawing each row's token by the rule of core/serve/sampling.ts (sampleLogits), which the host
+// uses too, so that a seed gives the same tokens on either side:
+// - weights w_i = exp((x_i - max) / temperature) in f64;
+// - tokens ranked by logit (descending; -0 equal to +0), ties by index (ascending);
+// - candidates: the top_k first of that ranking (all where top_k is 0 or covers the vocabulary);
+// - nucleus: the shortest ranked prefix of the candidates holding top_p of their weight;
+// - the draw: uniform × the nucleus's weight, walked off the nucleus in index order.
+// One block a row; thread t owns the contiguous indices [t·chunk, (t+1)·chunk), so that index order
+// is thread order and "the first n ties in index order" is a prefix count over the threads. The
+// cuts are found by radix selection on the order-preserving 32-bit key of the logit, 8 bits a pass
+// (a histogram of counts for top_k, of weights for top_p).
+static const int SAMPLE_THREADS = 1024;
+
+__device__ __forceinline__ uint32_t order_key(float v) {
+  uint32_t bits = __float_as_uint(v);
+  if (bits == 0x80000000u) bits = 0;  // -0 ranks with +0
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+__device__ __forceinline__ float key_value(uint32_t key) {
+  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+// Exclusive prefix over the block in thread order; *total gets the sum of all.
+template <typename V>
+__device__ V block_exclusive(V v, V* total) {
+  __shared__ V sums[32];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  V x = v;
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const V y = __shfl_up_sync(0xffffffffu, x, offset);
+    if (lane >= offset) x += y;
+  }
+  if (lane == 31) sums[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    V s = lane < (int)(blockDim.x >> 5) ? sums[lane] : V(0);
+    for (int offset = 1; offset < 32; offset <<= 1) {
+      const V y = __shfl_up_sync(0xffffffffu, s, offset);
+      if (lane >= offset) s += y;
+    }
+    sums[lane] = s;
+  }
+  __syncthreads();
+  const V base = warp ? sums[warp - 1] : V(0);
+  *total = sums[(blockDim.x >> 5) - 1];
+  __syncthreads();
+  return base + x - v;
+}
+
+template <typename V>
+__device__ V block_total(V v) {
+  V total;
+  block_exclusive(v, &total);
+  return total;
+}
+
+// The key whose ties finish the selection: walks 8-bit digits from the top, each pass counting
+// (top_k) or weighing (top_p) the selected elements under the prefix so far. `need` starts as the
+// count or weight wanted and ends as what the ties at the returned key must still give.
+template <typename T, typename V, typename Selected, typename Amount>
+__device__ uint32_t radix_select(const T* row, int begin, int end, V* need, Selected selected, Amount amount) {
+  __shared__ V bins[256];
+  __shared__ uint32_t digit;
+  __shared__ V left;
+  uint32_t prefix = 0, mask = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int d = threadIdx.x; d < 256; d += blockDim.x) bins[d] = V(0);
+    __syncthreads();
+    for (int i = begin; i < end; i++) {
+      const uint32_t key = order_key(to_f32(row[i]));
+      if ((key & mask) == prefix && selected(i, key)) atomicAdd(&bins[(key >> shift) & 255u], amount(i));
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      V rest = *need;
+      int d = 255;
+      for (; d > 0; d--) {
+        if (bins[d] > V(0) && rest <= bins[d]) break;
+        rest -= bins[d];
+      }
+      // rounding may leave the weights short of `rest`: then the lowest non-empty digit
+      if (d == 0 && bins[0] == V(0)) {
+        for (d = 0; d < 256 && bins[d] == V(0); d++) {
+        }
+        if (d == 256) d = 0;
+        rest = bins[d];
+      }
+      digit = (uint32_t)d;
+      left = rest;
+    }
+    __syncthreads();
+    prefix |= digit << shift;
+    mask |= 255u << shift;
+    *need = left;
+    __syncthreads();
+  }
+  return prefix;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(SAMPLE_THREADS)
+    sample_kernel(const T* x, int64_t ldx, int vocab, const double* params, double* weights, int32_t* out) {
+  pdl_wait();
+  pdl_trigger();
+  const T* row = x + blockIdx.x * ldx;
+  double* w = weights + (int64_t)blockIdx.x * vocab;
+  const double temperature = params[4 * blockIdx.x];
+  const int top_k = (int)params[4 * blockIdx.x + 1];
+  const double top_p = params[4 * blockIdx.x + 2];
+  const double uniform = params[4 * blockIdx.x + 3];
+  const int chunk = (vocab + blockDim.x - 1) / blockDim.x;
+  const int begin = min(vocab, (int)threadIdx.x * chunk);
+  const int end = min(vocab, begin + chunk);
+
+  float top = -INFINITY;
+  for (int i = begin; i < end; i++) top = fmaxf(top, to_f32(row[i]));
+  top = block_max(top);
+
+  // Candidates: keys above tk, and the first keep_k ties at tk (index order).
+  const bool cut_k = top_k > 0 && top_k < vocab;
+  uint32_t tk = 0;
+  int keep_k = 0, rank_k = 0;
+  if (cut_k) {
+    int need = top_k;
+    tk = radix_select<T, int>(
+        row, begin, end, &need, [](int, uint32_t) { return true; }, [](int) { return 1; });
+    keep_k = need;
+    int ties = 0;
+    for (int i = begin; i < end; i++) ties += order_key(to_f32(row[i])) == tk;
+    int all;
+    rank_k = block_exclusive(ties, &all);
+  }
+  const auto candidate = [&](uint32_t key, int* rank) {
+    if (!cut_k || key > tk) return true;
+    if (key < tk) return false;
+    return (*rank)++ < keep_k;
+  };
+
+  // Weights of the candidates (0 elsewhere), kept for the passes below.
+  double mass = 0.0;
+  {
+    int rank = rank_k;
+    for (int i = begin; i < end; i++) {
+      const float v = to_f32(row[i]);
+      const double weight = candidate(order_key(v), &rank) ? exp(((double)v - (double)top) / temperature) : 0.0;
+      w[i] = weight;
+      mass += weight;
+    }
+  }
+  mass = block_total(mass);
+
+  // Nucleus: candidate keys above tp, and the first keep_p candidate ties at tp.
+  const bool cut_p = top_p < 1.0;
+  uint32_t tp = 0;
+  int keep_p = 0, rank_p = 0;
+  if (cut_p) {
+    double need = top_p * mass;
+    tp = radix_select<T, double>(
+        row, begin, end, &need, [&](int i, uint32_t) { return w[i] > 0.0; }, [&](int i) { return w[i]; });
+    int ties = 0;
+    for (int i = begin; i < end; i++) ties += order_key(to_f32(row[i])) == tp && w[i] > 0.0;
+    int all;
+    rank_p = block_exclusive(ties, &all);
+    // the ties share one weight; they join in index order until the prefix reaches the mass
+    const double each = exp(((double)key_value(tp) - (double)top) / temperature);
+    double sum = 0.0;
+    keep_p = 0;
+    while (keep_p < all && sum < need) {
+      sum += each;
+      keep_p++;
+    }
+    if (keep_p == 0) keep_p = 1;
+  }
+
+  // The draw, walked in index order over the nucleus.
+  __shared__ int picked, last;
+  if (threadIdx.x == 0) {
+    picked = vocab;
+    last = -1;
+  }
+  __syncthreads();
+  double held = 0.0;
+  int mine = -1;
+  {
+    int rank = rank_p;
+    for (int i = begin; i < end; i++) {
+      if (w[i] == 0.0) continue;
+      const uint32_t key = order_key(to_f32(row[i]));
+      bool in = true;
+      if (cut_p) in = key > tp || (key == tp && rank++ < keep_p);
+      if (!in) {
+        w[i] = 0.0;
+        continue;
+      }
+      held += w[i];
+      mine = i;
+    }
+  }
+  if (mine >= 0) atomicMax(&last, mine);
+  double nucleus;
+  const double base = block_exclusive(held, &nucleus);
+  const double target = uniform * nucleus;
+  if (held > 0.0 && base <= target && target < base + held) {
+    double rest = target - base;
+    int choice = mine;
+    for (int i = begin; i < end; i++) {
+      if (w[i] == 0.0) continue;
+      rest -= w[i];
+      if (rest < 0.0) {
+        choice = i;
+        break;
+      }
+    }
+    atomicMin(&picked, choice);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) out[blockIdx.x] = picked < vocab ? picked : (last >= 0 ? last : 0);
+}
+
+extern "C" int rf_sample(int dtype, const void* x, int ldx, int rows, int vocab, const double* params,
+                         double* weights, int32_t* out, void* stream) {
+  if (rows <= 0) return 0;
+  if (vocab <= 0) return static_cast<int>(cudaErrorInvalidValue);
+  RF_DISPATCH(dtype, return rf_launch(sample_kernel<T>, dim3((unsigned)rows), dim3(SAMPLE_THREADS), 0,
+                                      RF_STREAM(stream), (const T*)x, (int64_t)ldx, vocab, params, weights, out));
+  return 0;
+}

@@ -5,7 +5,12 @@
 // CUDA graph that copies the step's ids in, runs every layer, picks the argmax and copies the ids
 // out; replaying it is one FFI call.
 
-import { checkStep, type Sequences, type SequenceStep } from "../../../core/runtime/sequences.ts";
+import {
+  checkStep,
+  type SampleChoice,
+  type Sequences,
+  type SequenceStep,
+} from "../../../core/runtime/sequences.ts";
 import { EngineError } from "../../../core/runtime/engine.ts";
 import { BYTES_PER_ELEMENT, castTensor, type Tensor, tensor, viewOf } from "../../../core/ir/tensor.ts";
 import {
@@ -40,6 +45,9 @@ interface Graph {
   logits: View;
 }
 
+/** What a run hands back: every entry's logits, its argmax, or a token drawn by its choice. */
+type Pick = "logits" | "greedy" | SampleChoice[];
+
 /** The i32 step buffer: ids, positions and slots of each token, then each entry's last row. */
 interface StepLayout {
   tokens: number;
@@ -59,6 +67,10 @@ export class CudaSequences implements Sequences {
   readonly #meta: bigint;
   readonly #host: { pointer: bigint; bytes: Uint8Array<ArrayBuffer> };
   readonly #ids: bigint;
+  /** Per entry: temperature, top_k, top_p and the uniform draw (f64), for rf_sample. */
+  readonly #params: bigint;
+  /** rf_sample's scratch, entries × vocab doubles, allocated at the first draw. */
+  #weights = 0n;
   readonly #arena: bigint;
   readonly #graphs = new Map<number, Graph>();
   readonly #allocations: bigint[] = [];
@@ -104,7 +116,8 @@ export class CudaSequences implements Sequences {
     const metaBytes = 4 * (3 * this.#tokens + this.#entries);
     this.#meta = alloc(metaBytes);
     this.#ids = alloc(4 * this.#entries);
-    this.#host = hostAlloc(metaBytes + 4 * this.#entries);
+    this.#params = alloc(32 * this.#entries);
+    this.#host = hostAlloc(this.#paramsAt + 32 * this.#entries);
     const measure = this.#bind(0n, { tokens: this.#tokens, entries: this.#entries }, 1);
     this.#arena = alloc(measure.bytes);
   }
@@ -112,14 +125,36 @@ export class CudaSequences implements Sequences {
   async step(batch: SequenceStep[]): Promise<Tensor> {
     checkStep(batch, this);
     this.#checkStarts(batch);
-    const rows = await this.#run(batch, false);
+    const rows = await this.#run(batch, "logits");
     return rows.logits!;
   }
 
   async greedy(batch: SequenceStep[]): Promise<number[]> {
     checkStep(batch, this);
     this.#checkStarts(batch);
-    return (await this.#run(batch, true)).ids!;
+    return (await this.#run(batch, "greedy")).ids!;
+  }
+
+  async sample(batch: SequenceStep[], choices: SampleChoice[]): Promise<number[]> {
+    checkStep(batch, this);
+    this.#checkStarts(batch);
+    if (choices.length !== batch.length) {
+      throw new EngineError(`a step of ${batch.length} sequences got ${choices.length} sampling choices`);
+    }
+    choices.forEach((choice, i) => {
+      const { temperature, topK, topP, uniform } = choice;
+      if (!(temperature > 0 && Number.isFinite(temperature))) {
+        throw new EngineError(`sequence ${i}: temperature ${temperature} must be above 0 (0 is greedy)`);
+      }
+      if (!Number.isInteger(topK) || topK < 0) {
+        throw new EngineError(`sequence ${i}: top_k ${topK} must be ≥ 0`);
+      }
+      if (!(topP > 0 && topP <= 1)) throw new EngineError(`sequence ${i}: top_p ${topP} must be in (0, 1]`);
+      if (!(uniform >= 0 && uniform < 1)) {
+        throw new EngineError(`sequence ${i}: draw ${uniform} must be in [0, 1)`);
+      }
+    });
+    return (await this.#run(batch, choices)).ids!;
   }
 
   release(slot: number): void {
@@ -150,11 +185,11 @@ export class CudaSequences implements Sequences {
   }
 
   // deno-lint-ignore require-await -- the device calls are synchronous; the contract is async
-  async #run(batch: SequenceStep[], greedy: boolean): Promise<{ logits?: Tensor; ids?: number[] }> {
+  async #run(batch: SequenceStep[], pick: Pick): Promise<{ logits?: Tensor; ids?: number[] }> {
     const decode = batch.every((entry) => entry.ids.length === 1) && batch.length <= this.#entries;
     let result: { logits?: Tensor; ids?: number[] };
     if (decode) {
-      result = this.#decode(batch, greedy);
+      result = this.#decode(batch, pick);
     } else {
       // Prompts longer than a run's capacity go in chunks; only the last chunk's logits are kept.
       const ids: number[] = new Array(batch.length);
@@ -177,14 +212,17 @@ export class CudaSequences implements Sequences {
             rest.push({ ...entry, ids: entry.ids.slice(take), start: entry.start + take });
           }
         }
-        const out = this.#eager(group, greedy);
+        const out = this.#eager(
+          group,
+          pick === "logits" || pick === "greedy" ? pick : group.map((e) => pick[e.index]),
+        );
         group.forEach((entry, row) => {
-          if (greedy) ids[entry.index] = out.ids![row];
+          if (out.ids) ids[entry.index] = out.ids[row];
           else logits[entry.index] = out.rows![row];
         });
         pending = rest;
       }
-      result = greedy ? { ids } : { logits: stack(logits) };
+      result = pick === "logits" ? { logits: stack(logits) } : { ids };
     }
     for (const entry of batch) this.#lengths[entry.slot] = entry.start + entry.ids.length;
     return result;
@@ -283,16 +321,69 @@ export class CudaSequences implements Sequences {
     return { logits };
   }
 
-  #eager(batch: SequenceStep[], greedy: boolean): { ids?: number[]; rows?: Float32Array[] } {
+  #eager(batch: SequenceStep[], pick: Pick): { ids?: number[]; rows?: Float32Array[] } {
     const layout = { tokens: 0, entries: batch.length };
     layout.tokens = this.#fill(batch, layout);
     const span = Math.max(...batch.map((entry) => entry.start + entry.ids.length));
-    const { logits } = this.#enqueue(layout, span, greedy);
+    const { logits } = this.#enqueue(layout, span, pick === "greedy");
+    if (Array.isArray(pick)) this.#draw(logits, pick);
     this.#engine.ctx.synchronize();
-    return greedy ? { ids: this.#readIds(batch.length) } : { rows: this.#readLogits(logits, batch.length) };
+    return pick === "logits"
+      ? { rows: this.#readLogits(logits, batch.length) }
+      : { ids: this.#readIds(batch.length) };
   }
 
-  #decode(batch: SequenceStep[], greedy: boolean): { logits?: Tensor; ids?: number[] } {
+  /** Draws each entry's token from its row of logits into the ids (host copy queued, not awaited). */
+  #draw(logits: View, choices: SampleChoice[]): void {
+    const ctx = this.#engine.ctx;
+    const c = cudart();
+    const [, vocab] = logits.shape;
+    if (this.#weights === 0n) {
+      this.#weights = ctx.alloc(8 * this.#entries * vocab);
+      this.#allocations.push(this.#weights);
+    }
+    const params = new Float64Array(this.#host.bytes.buffer, this.#paramsAt, 4 * choices.length);
+    choices.forEach((choice, row) =>
+      params.set([choice.temperature, choice.topK, choice.topP, choice.uniform], 4 * row)
+    );
+    checkCuda(
+      c.cudaMemcpyAsync(
+        this.#params,
+        this.#host.pointer + BigInt(this.#paramsAt),
+        BigInt(params.byteLength),
+        MEMCPY.hostToDevice,
+        ctx.stream,
+      ),
+      "copy of the sampling choices to the device",
+    );
+    const dtype = KERNEL_DTYPE[logits.dtype as "f32" | "f16" | "bf16"];
+    checkKernel(
+      kernels().rf_sample(
+        dtype,
+        logits.ptr,
+        logits.ld,
+        choices.length,
+        vocab,
+        this.#params,
+        this.#weights,
+        this.#ids,
+        ctx.stream,
+      ),
+      "sampling",
+    );
+    checkCuda(
+      c.cudaMemcpyAsync(
+        this.#host.pointer + BigInt(this.#idsAt),
+        this.#ids,
+        BigInt(4 * choices.length),
+        MEMCPY.deviceToHost,
+        ctx.stream,
+      ),
+      "copy of the ids from the device",
+    );
+  }
+
+  #decode(batch: SequenceStep[], pick: Pick): { logits?: Tensor; ids?: number[] } {
     const bucket = nextPowerOfTwo(batch.length);
     const layout = { tokens: bucket, entries: bucket };
     this.#fill(batch, layout);
@@ -311,7 +402,11 @@ export class CudaSequences implements Sequences {
         this.#graphs.set(bucket, { ...captured, logits });
       }
     }
-    if (greedy) return { ids: this.#readIds(batch.length) };
+    if (Array.isArray(pick)) {
+      this.#draw(logits, pick);
+      this.#engine.ctx.synchronize();
+    }
+    if (pick !== "logits") return { ids: this.#readIds(batch.length) };
     return { logits: stack(this.#readLogits(logits, batch.length)) };
   }
 
@@ -356,9 +451,17 @@ export class CudaSequences implements Sequences {
     return totals;
   }
 
+  /** Where the pinned buffer holds the ids after the step buffer, and the choices after them. */
+  get #idsAt(): number {
+    return 4 * (3 * this.#tokens + this.#entries);
+  }
+
+  get #paramsAt(): number {
+    return Math.ceil((this.#idsAt + 4 * this.#entries) / 8) * 8;
+  }
+
   #readIds(count: number): number[] {
-    const offset = 4 * (3 * this.#tokens + this.#entries);
-    return Array.from(new Int32Array(this.#host.bytes.buffer, offset, count));
+    return Array.from(new Int32Array(this.#host.bytes.buffer, this.#idsAt, count));
   }
 
   #readLogits(logits: View, count: number): Float32Array[] {

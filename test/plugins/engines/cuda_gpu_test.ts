@@ -11,6 +11,7 @@ import type { CudaEngine } from "../../../plugins/engines/cuda/engine.ts";
 import { cpuBackend } from "../../../plugins/engines/cpu.ts";
 import { emptyCaches, generateGreedy, logitsOf, step } from "../../../core/runtime/generate.ts";
 import { type DType, toF32 } from "../../../core/ir/tensor.ts";
+import { sampleLogits } from "../../../core/serve/sampling.ts";
 
 const FIXTURES = new URL("../../fixtures/", import.meta.url).pathname;
 
@@ -334,5 +335,41 @@ Deno.test({
       ok(single <= TOLERANCE[dtype], `${dtype}, 120 tokens: ${single}`);
       ok(pair <= TOLERANCE[dtype], `${dtype}, two prompts: ${pair}`);
     }
+  },
+});
+
+Deno.test({
+  name: "gpu: cuda sequences draw on the device the token the host rule draws from the step's logits",
+  ignore: !gpu,
+  async fn() {
+    using engine = await build("tiny-llama", "f32");
+    // two pools of one engine: one hands back logits for the host rule, the other samples on the device
+    using host = engine.sequences({ slots: 4, maxLength: 64 });
+    using device = engine.sequences({ slots: 4, maxLength: 64 });
+    let entries = [[1, 5, 9, 2], [3, 3], [7, 8, 9, 10, 11]].map((ids, slot) => ({ slot, ids, start: 0 }));
+    const choices = [
+      { temperature: 0.8, topK: 0, topP: 0.9, uniform: 0.42 },
+      { temperature: 1.3, topK: 5, topP: 1, uniform: 0.9 },
+      { temperature: 1, topK: 0, topP: 1, uniform: 0.05 },
+    ];
+    const drawnAll: number[] = [];
+    for (let step = 0; step < 8; step++) {
+      const logits = await host.step(entries);
+      const drawn = await device.sample(entries, choices);
+      const vocab = logits.shape[1];
+      const values = logits.data as Float32Array;
+      const want = choices.map((choice, r) =>
+        sampleLogits(values.subarray(r * vocab, (r + 1) * vocab), choice, choice.uniform)
+      );
+      deepStrictEqual(drawn, want, `step ${step}`);
+      drawnAll.push(...drawn);
+      entries = entries.map((entry, r) => ({
+        slot: entry.slot,
+        ids: [drawn[r]],
+        start: entry.start + entry.ids.length,
+      }));
+      for (const choice of choices) choice.uniform = (choice.uniform * 7.31 + 0.17) % 1;
+    }
+    ok(new Set(drawnAll).size > 3, "the draws vary");
   },
 });
