@@ -10,6 +10,8 @@ import { readGraphWeights } from "../core/ir/weights.ts";
 import { cudaBackend } from "../plugins/engines/cuda.ts";
 import type { CudaEngine } from "../plugins/engines/cuda/engine.ts";
 import { check, createEvent, cudart, deviceName, elapsedMs, MEMCPY } from "../ffi/cuda.ts";
+import { sampleLogits, seededUniform } from "../core/serve/sampling.ts";
+import type { SampleChoice } from "../core/runtime/sequences.ts";
 
 const DECODE_STEPS = 40;
 const BENCH_DIR = new URL(".", import.meta.url).pathname;
@@ -68,6 +70,39 @@ async function decodeMs(engine: CudaEngine, batch: number, context: number, voca
   for (let n = 0; n < DECODE_STEPS + 5; n++) {
     const start = performance.now();
     tokens = await pool.greedy(tokens.map((id, slot) => ({ slot, ids: [id], start: context + n })));
+    if (n >= 5) times.push(performance.now() - start);
+  }
+  return median(times);
+}
+
+/** The sampled decode that serving runs: top_p 0.9 at temperature 0.8, drawn on the device or the host. */
+const SAMPLED = { temperature: 0.8, topK: 0, topP: 0.9 };
+
+async function sampledMs(
+  engine: CudaEngine,
+  batch: number,
+  context: number,
+  vocab: number,
+  where: "device" | "host",
+): Promise<number> {
+  using pool = engine.sequences({ slots: batch, maxLength: context + DECODE_STEPS + 16 });
+  const prompts = Array.from({ length: batch }, (_, slot) => randomIds(context, vocab, 7 + slot));
+  let tokens = await pool.greedy(prompts.map((ids, slot) => ({ slot, ids, start: 0 })));
+  const uniform = seededUniform(5);
+  const times: number[] = [];
+  for (let n = 0; n < DECODE_STEPS + 5; n++) {
+    const entries = tokens.map((id, slot) => ({ slot, ids: [id], start: context + n }));
+    const start = performance.now();
+    if (where === "device") {
+      const choices: SampleChoice[] = entries.map(() => ({ ...SAMPLED, uniform: uniform() }));
+      tokens = await pool.sample!(entries, choices);
+    } else {
+      const logits = await pool.step(entries);
+      const values = logits.data as Float32Array;
+      tokens = entries.map((_, row) =>
+        sampleLogits(values.subarray(row * vocab, (row + 1) * vocab), SAMPLED, uniform())
+      );
+    }
     if (n >= 5) times.push(performance.now() - start);
   }
   return median(times);
@@ -155,6 +190,14 @@ export async function benchGpu(dirArg?: string): Promise<void> {
   );
   const bandwidth = copyBandwidth(engine);
   const floorMs = (engine.weights.bytes / bandwidth) * 1000;
+  if (Deno.env.get("RANKFLOW_BENCH_QUICK") === "1") {
+    // batch-1 decode only, for comparing settings of the kernels' environment variables
+    for (const context of [128, 1024]) {
+      const ms = await decodeMs(engine, 1, context, vocab);
+      console.log(`batch 1 context ${context}: ${ms.toFixed(3)} ms, ${(ms / floorMs).toFixed(2)}× floor`);
+    }
+    return;
+  }
   const ours: TorchRow[] = [];
   for (const batch of [1, 8]) {
     for (const context of [128, 1024]) {
@@ -183,6 +226,11 @@ export async function benchGpu(dirArg?: string): Promise<void> {
   {
     using kernel = await cudaBackend({ kernel_rows: 8 }).build(model.graph, weights) as CudaEngine;
     for (const context of [128, 1024]) fewRows.set(context, await decodeMs(kernel, 8, context, vocab));
+  }
+  const sampledRows: { batch: number; device: number; host: number }[] = [];
+  for (const batch of [1, 8]) {
+    const device = await sampledMs(engine, batch, 128, vocab, "device");
+    sampledRows.push({ batch, device, host: await sampledMs(engine, batch, 128, vocab, "host") });
   }
   const profiles = new Map<number, Map<string, { ms: number; launches: number }>>();
   for (const batch of [1, 8]) {
@@ -229,6 +277,19 @@ export async function benchGpu(dirArg?: string): Promise<void> {
   console.log("|---:|---:|---:|");
   for (const [context, ms] of fewRows) {
     console.log(`| ${context} | ${show(find("rankflow", "decode", 8, context))} | ${show(ms)} |`);
+  }
+  console.log(
+    `\nSampled decode (context 128, temperature ${SAMPLED.temperature}, top_p ${SAMPLED.topP}), ms per step: ` +
+      "the token drawn on the device (rf_sample) or from the logits copied to the host",
+  );
+  console.log("| batch | greedy | drawn on the device | drawn on the host |");
+  console.log("|---:|---:|---:|---:|");
+  for (const row of sampledRows) {
+    console.log(
+      `| ${row.batch} | ${show(find("rankflow", "decode", row.batch, 128))} | ${row.device.toFixed(3)} | ${
+        row.host.toFixed(3)
+      } |`,
+    );
   }
   for (const [batch, profile] of profiles) {
     console.log(
