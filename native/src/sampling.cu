@@ -68,7 +68,7 @@ extern "C" int rf_argmax(int dtype, const void* x, int ldx, int32_t* out, int ro
 // One block a row; thread t owns the contiguous indices [t·chunk, (t+1)·chunk), so that index order
 // is thread order and "the first n ties in index order" is a prefix count over the threads. The
 // cuts are found by radix selection on the order-preserving 32-bit key of the logit, 8 bits a pass
-// (a histogram of counts for top_k, of weights for top_p).
+// (a histogram of counts for top_k, of weights for top_p, checked in f64).
 static const int SAMPLE_THREADS = 1024;
 
 __device__ __forceinline__ uint32_t order_key(float v) {
@@ -79,6 +79,29 @@ __device__ __forceinline__ uint32_t order_key(float v) {
 
 __device__ __forceinline__ float key_value(uint32_t key) {
   return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+// The smallest and the largest value over the block (every thread gets it).
+__device__ uint32_t block_min_u32(uint32_t v) {
+  __shared__ uint32_t partial[32];
+  v = __reduce_min_sync(0xffffffffu, v);
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
+  __syncthreads();
+  uint32_t result = partial[0];
+  for (int w = 1; w < (int)(blockDim.x >> 5); w++) result = min(result, partial[w]);
+  __syncthreads();
+  return result;
+}
+
+__device__ uint32_t block_max_u32(uint32_t v) {
+  __shared__ uint32_t partial[32];
+  v = __reduce_max_sync(0xffffffffu, v);
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
+  __syncthreads();
+  uint32_t result = partial[0];
+  for (int w = 1; w < (int)(blockDim.x >> 5); w++) result = max(result, partial[w]);
+  __syncthreads();
+  return result;
 }
 
 // Exclusive prefix over the block in thread order; *total gets the sum of all.
@@ -117,35 +140,47 @@ __device__ V block_total(V v) {
 }
 
 // The key whose ties finish the selection: walks 8-bit digits from the top, each pass counting
-// (top_k) or weighing (top_p) the selected elements under the prefix so far. `need` starts as the
-// count or weight wanted and ends as what the ties at the returned key must still give.
+// (top_k) or weighing (top_p, in f32: the caller checks the result in f64) the selected elements
+// under the prefix so far. `need` starts as the count or weight wanted and ends as what the ties at
+// the returned key must still give. Each warp fills its own histogram, so that the atomics of a
+// pass where most elements share a digit contend within a warp only.
 template <typename T, typename V, typename Selected, typename Amount>
-__device__ uint32_t radix_select(const T* row, int begin, int end, V* need, Selected selected, Amount amount) {
-  __shared__ V bins[256];
+__device__ uint32_t radix_select(const T* row, int begin, int end, double* need, Selected selected, Amount amount,
+                                 void* histograms) {
+  V (*bins)[256] = reinterpret_cast<V (*)[256]>(histograms);  // [warps][256], 4-byte V
+  __shared__ double totals[256];
   __shared__ uint32_t digit;
-  __shared__ V left;
+  __shared__ double left;
+  const int warp = threadIdx.x >> 5;
+  const int warps = blockDim.x >> 5;
   uint32_t prefix = 0, mask = 0;
   for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int d = threadIdx.x; d < 256; d += blockDim.x) bins[d] = V(0);
+    for (int d = threadIdx.x; d < warps * 256; d += blockDim.x) bins[d / 256][d % 256] = V(0);
     __syncthreads();
     for (int i = begin; i < end; i++) {
       const uint32_t key = order_key(to_f32(row[i]));
-      if ((key & mask) == prefix && selected(i, key)) atomicAdd(&bins[(key >> shift) & 255u], amount(i));
+      if ((key & mask) == prefix && selected(i, key)) atomicAdd(&bins[warp][(key >> shift) & 255u], amount(i));
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < 256; d += blockDim.x) {
+      double sum = 0.0;
+      for (int w = 0; w < warps; w++) sum += (double)bins[w][d];
+      totals[d] = sum;
     }
     __syncthreads();
     if (threadIdx.x == 0) {
-      V rest = *need;
+      double rest = *need;
       int d = 255;
       for (; d > 0; d--) {
-        if (bins[d] > V(0) && rest <= bins[d]) break;
-        rest -= bins[d];
+        if (totals[d] > 0.0 && rest <= totals[d]) break;
+        rest -= totals[d];
       }
       // rounding may leave the weights short of `rest`: then the lowest non-empty digit
-      if (d == 0 && bins[0] == V(0)) {
-        for (d = 0; d < 256 && bins[d] == V(0); d++) {
+      if (d == 0 && totals[0] == 0.0) {
+        for (d = 0; d < 256 && totals[d] == 0.0; d++) {
         }
         if (d == 256) d = 0;
-        rest = bins[d];
+        rest = totals[d];
       }
       digit = (uint32_t)d;
       left = rest;
@@ -162,6 +197,7 @@ __device__ uint32_t radix_select(const T* row, int begin, int end, V* need, Sele
 template <typename T>
 __global__ void __launch_bounds__(SAMPLE_THREADS)
     sample_kernel(const T* x, int64_t ldx, int vocab, const double* params, double* weights, int32_t* out) {
+  __shared__ __align__(16) unsigned char histograms[SAMPLE_THREADS / 32 * 256 * 4];
   pdl_wait();
   pdl_trigger();
   const T* row = x + blockIdx.x * ldx;
@@ -183,10 +219,10 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
   uint32_t tk = 0;
   int keep_k = 0, rank_k = 0;
   if (cut_k) {
-    int need = top_k;
+    double need = top_k;
     tk = radix_select<T, int>(
-        row, begin, end, &need, [](int, uint32_t) { return true; }, [](int) { return 1; });
-    keep_k = need;
+        row, begin, end, &need, [](int, uint32_t) { return true; }, [](int) { return 1; }, histograms);
+    keep_k = (int)need;
     int ties = 0;
     for (int i = begin; i < end; i++) ties += order_key(to_f32(row[i])) == tk;
     int all;
@@ -216,9 +252,55 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
   uint32_t tp = 0;
   int keep_p = 0, rank_p = 0;
   if (cut_p) {
-    double need = top_p * mass;
-    tp = radix_select<T, double>(
-        row, begin, end, &need, [&](int i, uint32_t) { return w[i] > 0.0; }, [&](int i) { return w[i]; });
+    const double target = top_p * mass;
+    double need = target;
+    tp = radix_select<T, float>(
+        row, begin, end, &need, [&](int i, uint32_t) { return w[i] > 0.0; }, [&](int i) { return (float)w[i]; },
+        histograms);
+    // The f32 histograms may miss the boundary by a rounding: check it in f64 and step to the right
+    // key, or (should that not settle) search the keys exactly by bisection.
+    const auto mass_from = [&](uint32_t key, bool equal_too) {
+      double sum = 0.0;
+      for (int i = begin; i < end; i++) {
+        if (w[i] == 0.0) continue;
+        const uint32_t k = order_key(to_f32(row[i]));
+        if (k > key || (equal_too && k == key)) sum += w[i];
+      }
+      return block_total(sum);
+    };
+    double above = mass_from(tp, false);
+    double through = mass_from(tp, true);
+    // Off by a rounding, the boundary is a neighbouring key: step to it, a few keys at most.
+    for (int step = 0; step < 16 && !(above < target && target <= through); step++) {
+      const bool up = above >= target;
+      uint32_t next = up ? 0xffffffffu : 0u;
+      for (int i = begin; i < end; i++) {
+        if (w[i] == 0.0) continue;
+        const uint32_t k = order_key(to_f32(row[i]));
+        if (up && k > tp) next = min(next, k);
+        if (!up && k < tp) next = max(next, k);
+      }
+      next = up ? block_min_u32(next) : block_max_u32(next);
+      if (next == tp) break;
+      tp = next;
+      above = mass_from(tp, false);
+      through = mass_from(tp, true);
+    }
+    if (!(above < target && target <= through)) {
+      // the largest key whose candidates at or above it weigh at least the target
+      uint32_t lo = 0, hi = 0xffffffffu;
+      while (lo < hi) {
+        const uint32_t mid = lo + (hi - lo + 1) / 2;
+        if (mass_from(mid, true) >= target) {
+          lo = mid;
+        } else {
+          hi = mid - 1;
+        }
+      }
+      tp = lo;
+      above = mass_from(tp, false);
+    }
+    need = target - above;
     int ties = 0;
     for (int i = begin; i < end; i++) ties += order_key(to_f32(row[i])) == tp && w[i] > 0.0;
     int all;
