@@ -196,6 +196,10 @@ export async function benchGpu(dirArg?: string): Promise<void> {
       const ms = await decodeMs(engine, 1, context, vocab);
       console.log(`batch 1 context ${context}: ${ms.toFixed(3)} ms, ${(ms / floorMs).toFixed(2)}× floor`);
     }
+    for (const batch of [1, 8]) {
+      const ms = await sampledMs(engine, batch, 128, vocab, "device");
+      console.log(`batch ${batch} context 128 sampled on the device: ${ms.toFixed(3)} ms`);
+    }
     return;
   }
   const ours: TorchRow[] = [];
