@@ -16,6 +16,8 @@
 //    members one by one in increasing index order; the token is the first at which it falls below 0,
 //    or, should rounding never take it there, the largest index in N.
 
+import { everyToken, inRankedOrder, Kept, rankedThrough, rankKeys, selectKey } from "./ranking.ts";
+
 export interface SampleParams {
   /** 0 is greedy; larger values flatten the distribution. */
   temperature: number;
@@ -76,42 +78,73 @@ export function sampleLogits(logits: Float32Array, params: SampleParams, uniform
   if (temperature === 0) return argmax(logits);
   const vocab = logits.length;
   const largest = logits[argmax(logits)];
-  // Only top_k and top_p need a ranking, and then only of the tokens they might keep.
-  const ranked = topK > 0 && topK < vocab ? rankedTokens(logits, topK) : undefined;
-  const candidates = ranked ? ascending(ranked) : everyToken(vocab);
-  const weights = new Float64Array(vocab);
+  const keys = rankKeys(logits);
+  const candidates = topK > 0 && topK < vocab
+    ? rankedThrough(keys, lastOfFirst(keys, topK), kept.candidates)
+    : everyToken(vocab);
+  // Only the candidates' weights are read, so the others may hold a previous call's.
+  const weights = kept.weights.take(vocab);
   for (let n = 0; n < candidates.length; n++) {
     weights[candidates[n]] = Math.exp((logits[candidates[n]] - largest) / temperature);
   }
   if (topP >= 1) return drawInIndexOrder(candidates, weights, uniform);
   const mass = topP * sumInOrder(candidates, weights);
-  const nucleus = ranked
-    ? prefixReaching(ranked, weights, mass) ?? ranked
-    : nucleusOfAll(logits, weights, mass);
-  return drawInIndexOrder(ascending(nucleus), weights, uniform);
+  const last = lastOfNucleus(keys, candidates, weights, mass) ??
+    lastReaching(inRankedOrder(keys, candidates), weights, mass);
+  const nucleus = last === undefined ? candidates : rankedThrough(keys, last, kept.nucleus);
+  return drawInIndexOrder(nucleus, weights, uniform);
 }
 
-/** How many of the ranking a nucleus over every token looks at first; each retry looks at 16 times more. */
-const FIRST_NUCLEUS_RANKS = 1024;
+/** The last of the first `count` tokens of the ranking (step 4). */
+function lastOfFirst(keys: Int32Array, count: number): number {
+  // Counts are exact, and 0 < count < vocab: there is a boundary.
+  const boundary = selectKey(keys, everyToken(keys.length), undefined, count)!;
+  return boundary.ties[count - boundary.above - 1];
+}
 
-/** Step 5 where C is every token: most nuclei are small, so rank a few tokens, and more only if needed. */
-function nucleusOfAll(logits: Float32Array, weights: Float64Array, mass: number): Uint32Array {
-  let count = Math.min(FIRST_NUCLEUS_RANKS, logits.length);
-  for (;;) {
-    const ranked = rankedTokens(logits, count);
-    const nucleus = prefixReaching(ranked, weights, mass);
-    if (nucleus) return nucleus;
-    if (count === logits.length) return ranked;
-    count = Math.min(logits.length, count * 16);
+/**
+ * The last token of the nucleus (step 5) where histograms of the weights settle it without a
+ * ranking; undefined where they are too close to call. The rule adds the weights in ranked order
+ * and the histograms in another, but any two ways of adding the same n non-negative terms, none
+ * taking part in more than d additions, agree to within 2·γ(d) of their sum (γ(d) = d·u / (1 - d·u),
+ * u = 2^-53; Higham, Accuracy and Stability of Numerical Algorithms, §4.2). So a prefix whose
+ * estimate clears the mass by a wider margin reaches it in the rule's order too, and one short of it
+ * by a wider margin does not; in between, the caller ranks the candidates and adds as the rule does.
+ */
+function lastOfNucleus(
+  keys: Int32Array,
+  candidates: Uint32Array,
+  weights: Float64Array,
+  mass: number,
+): number | undefined {
+  // Far from underflow and overflow, the relative bound holds for every sum below.
+  if (!(mass >= 2 ** -1000 && mass <= 2 ** 1000)) return undefined;
+  const boundary = selectKey(keys, candidates, weights, mass);
+  if (!boundary) return undefined;
+  // Equal keys are equal logits, so equal weights: l - m is one value for both zeros, or ±0 where m
+  // is a zero, and exp(±0 / T) = 1.
+  const { ties } = boundary;
+  const each = weights[ties[0]];
+  let before = boundary.above;
+  let through = before;
+  let joined = 0;
+  for (; joined < ties.length && through < mass; joined++) {
+    before = through;
+    through += each;
   }
+  // A weight goes through at most one bin's additions, those of the bins and digits after it
+  // (fewer than 8192), and the ties': d < candidates + 8192. The slack is twice the 2·γ(d) needed.
+  const slack = 8 * (candidates.length + 8192) * 2 ** -53;
+  const settled = before * (1 + slack) < mass && through * (1 - slack) >= mass && through <= 2 ** 1000;
+  return settled ? ties[joined - 1] : undefined;
 }
 
-/** The shortest prefix of `ranked` whose weights, added in that order, reach `mass`; none if no prefix does. */
-function prefixReaching(ranked: Uint32Array, weights: Float64Array, mass: number): Uint32Array | undefined {
+/** The last token of the shortest prefix of `ranked` whose weights, added in that order, reach `mass`. */
+function lastReaching(ranked: Uint32Array, weights: Float64Array, mass: number): number | undefined {
   let sum = 0;
   for (let n = 0; n < ranked.length; n++) {
     sum += weights[ranked[n]];
-    if (sum >= mass) return ranked.subarray(0, n + 1);
+    if (sum >= mass) return ranked[n];
   }
   return undefined;
 }
@@ -132,52 +165,8 @@ function sumInOrder(tokens: Uint32Array, weights: Float64Array): number {
   return sum;
 }
 
-function ascending(tokens: Uint32Array): Uint32Array {
-  return tokens.slice().sort();
-}
-
-function everyToken(vocab: number): Uint32Array {
-  const tokens = new Uint32Array(vocab);
-  for (let token = 0; token < vocab; token++) tokens[token] = token;
-  return tokens;
-}
-
-/** Whether token a ranks before token b (step 3); `>` and `===` already hold -0 and +0 equal. */
-function ranksBefore(logits: Float32Array, a: number, b: number): boolean {
-  return logits[a] > logits[b] || (logits[a] === logits[b] && a < b);
-}
-
-/** The first `count` tokens of the ranking, in ranked order. */
-function rankedTokens(logits: Float32Array, count: number): Uint32Array {
-  // -0 - +0 is -0, which is falsy: equal logits, so the index decides.
-  const compare = (a: number, b: number) => logits[b] - logits[a] || a - b;
-  if (count * 2 >= logits.length) return everyToken(logits.length).sort(compare).subarray(0, count);
-  // A heap of the best `count` so far with the worst of them at the root: most tokens are turned
-  // away by one comparison with it, so this is one pass over the logits rather than a sort of them.
-  const heap = new Uint32Array(count);
-  const worse = (a: number, b: number) => ranksBefore(logits, b, a);
-  const swap = (i: number, j: number) => {
-    const held = heap[i];
-    heap[i] = heap[j];
-    heap[j] = held;
-  };
-  for (let token = 0; token < count; token++) {
-    heap[token] = token;
-    for (let at = token; at > 0 && worse(heap[at], heap[(at - 1) >> 1]); at = (at - 1) >> 1) {
-      swap(at, (at - 1) >> 1);
-    }
-  }
-  for (let token = count; token < logits.length; token++) {
-    if (!ranksBefore(logits, token, heap[0])) continue;
-    heap[0] = token;
-    for (let at = 0;;) {
-      const left = 2 * at + 1;
-      if (left >= count) break;
-      const child = left + 1 < count && worse(heap[left + 1], heap[left]) ? left + 1 : left;
-      if (!worse(heap[child], heap[at])) break;
-      swap(at, child);
-      at = child;
-    }
-  }
-  return heap.sort(compare);
-}
+const kept = {
+  weights: new Kept((length) => new Float64Array(length)),
+  candidates: new Kept((length) => new Uint32Array(length)),
+  nucleus: new Kept((length) => new Uint32Array(length)),
+};

@@ -27,7 +27,8 @@ function support(values: number[], params: Partial<SampleParams>): number[] {
 function reference(values: Float32Array, params: SampleParams, uniform: number): number {
   const { temperature, topK, topP } = params;
   if (temperature === 0) return argmax(values);
-  const m = Math.max(...values);
+  // Math.max one value at a time: spread over a large vocabulary, the arguments overflow the stack.
+  const m = values.reduce((a, b) => Math.max(a, b), -Infinity);
   const p = Array.from(values, (value) => Math.exp((value - m) / temperature));
   const ranking = Array.from(values, (_, i) => i).sort((
     a,
@@ -159,9 +160,11 @@ Deno.test("sampling: sampleLogits picks what the rule, done step by step with a 
   let state = 12345;
   const random = () => (state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 4294967296;
   let compared = 0;
-  // 3000 tokens take every path: a heap for short rankings, a full sort, a nucleus past the first 1024.
+  // Logits in quarters tie by the hundred at 3000 tokens, so the boundaries of top_k and top_p fall
+  // inside ties; spread 0.1 rounds every logit to ±0, all weights 1, where top_p 0.5 and 0.05 of 300
+  // or 3000 reach the share exactly, too close for the histograms to call (the ranking decides there).
   for (const vocab of [7, 300, 3000]) {
-    for (const spread of [0.5, 8]) {
+    for (const spread of [0.1, 0.5, 8]) {
       const row = new Float32Array(vocab);
       for (let i = 0; i < vocab; i++) row[i] = Math.round((random() - 0.5) * spread * 4) / 4;
       row[vocab - 1] = -0;
@@ -184,5 +187,78 @@ Deno.test("sampling: sampleLogits picks what the rule, done step by step with a 
       }
     }
   }
-  strictEqual(compared, 3 * 2 * 4 * 8 * 5 * 4);
+  strictEqual(compared, 3 * 3 * 4 * 8 * 5 * 4);
+});
+
+Deno.test("sampling: over large vocabularies, sampleLogits picks what the full sort picks", () => {
+  let state = 777;
+  const random = () => (state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 4294967296;
+  const normal = () => Math.sqrt(-2 * Math.log(1 - random())) * Math.cos(2 * Math.PI * random());
+  // Almost flat logits (the nucleus is most of the vocabulary), logits cut to bf16 (ties by the
+  // hundred, at the boundary too), and a peaked row (a few tokens hold nearly all the weight).
+  const bf16 = new Float32Array(1);
+  const bf16Bits = new Uint32Array(bf16.buffer);
+  const rows: [string, Float32Array][] = [
+    ["flat", Float32Array.from({ length: 128256 }, () => (random() - 0.5) * 0.2)],
+    [
+      "bf16",
+      Float32Array.from({ length: 50000 }, () => {
+        bf16[0] = normal() * 3;
+        bf16Bits[0] &= 0xffff0000;
+        return bf16[0];
+      }),
+    ],
+    ["peaked", Float32Array.from({ length: 50000 }, (_, i) => normal() + (i % 9973 === 5 ? 12 : 0))],
+  ];
+  const choices = [
+    { temperature: 0.8, topK: 0, topP: 0.9 },
+    { temperature: 0.3, topK: 0, topP: 0.5 },
+    { temperature: 1.5, topK: 0, topP: 0.95 },
+    { temperature: 0.8, topK: 40, topP: 0.9 },
+    { temperature: 1, topK: 20000, topP: 0.8 },
+    { temperature: 0.7, topK: 20000, topP: 1 },
+  ];
+  const uniforms = [0.0625, 0.5, 0.96875];
+  for (const [name, row] of rows) {
+    for (const [n, params] of choices.entries()) {
+      const u = uniforms[n % uniforms.length];
+      strictEqual(
+        sampleLogits(row, params, u),
+        reference(row, params, u),
+        JSON.stringify({ name, ...params, u }),
+      );
+    }
+  }
+});
+
+Deno.test("sampling: a share that a ranked prefix reaches to the last bit is decided by the rule's own sums", () => {
+  let state = 99;
+  const random = () => (state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 4294967296;
+  // Distinct logits, and each share the exact ratio of a ranked prefix's weights to all of them: the
+  // mass lands within a rounding of that prefix, where weights added in another order (a histogram's)
+  // could fall on the other side of it. Only the rule's order, ranked then index, decides it.
+  const row = Float32Array.from({ length: 3000 }, () => (random() - 0.5) * 6);
+  const largest = Math.max(...row);
+  const weights = Array.from(row, (value) => Math.exp(value - largest));
+  for (const topK of [0, 1000]) {
+    const ranking = Array.from(row, (_, i) => i).sort((a, b) => row[b] - row[a] || a - b);
+    const candidates = topK ? ranking.slice(0, topK) : ranking;
+    const total = [...candidates].sort((a, b) => a - b).reduce((sum, i) => sum + weights[i], 0);
+    let prefix = 0;
+    for (const [n, token] of candidates.entries()) {
+      prefix += weights[token];
+      if (n % 41 !== 3) continue;
+      for (
+        const topP of [prefix / total, (prefix / total) * (1 - 2 ** -52), (prefix / total) * (1 + 2 ** -52)]
+      ) {
+        const params = { temperature: 1, topK, topP };
+        const u = random();
+        strictEqual(
+          sampleLogits(row, params, u),
+          reference(row, params, u),
+          JSON.stringify({ n, ...params, u }),
+        );
+      }
+    }
+  }
 });
