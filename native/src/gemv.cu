@@ -232,9 +232,40 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, U == 4 ? 2 : 1) gemv_one_kern
     }
   };
 
+  // What only lane 0 of a pair's first slice adds to its two outputs: bias and residual, loaded a
+  // group ahead so that their latency hides behind the products.
+  const bool writer = slice == 0 && lane == 0;
+  float bias_a = 0.f, bias_b = 0.f, res_a = 0.f, res_b = 0.f;
+  const auto fetch_extra = [&](int group, bool weights, bool activations) {
+    const int pair = group * PER_BLOCK + local;
+    if (!writer || group >= groups || pair >= pairs) return;
+    int a, b;
+    rows(pair, &a, &b);
+    if (weights && p.bias) {
+      bias_a = to_f32(p.bias[a]);
+      bias_b = to_f32(p.bias[b]);
+    }
+    if (activations && p.residual) {
+      res_a = to_f32(p.residual[a]);
+      res_b = to_f32(p.residual[b]);
+    }
+  };
+
   int group = blockIdx.x;
   load(group);
+  // The norm's weights are constants too: loaded before the wait, they are not on the path from
+  // the kernel before to this one's first products.
+  uint4 gr[U];
+  if (p.norm) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int kk = k0 + (u * 32 + lane) * V;
+      if (kk < p.k) gr[u] = __ldg(reinterpret_cast<const uint4*>(p.norm + kk));
+    }
+  }
+  fetch_extra(group, true, false);
   pdl_wait();
+  fetch_extra(group, false, true);
   uint4 xr[U];
 #pragma unroll
   for (int u = 0; u < U; u++) {
@@ -266,7 +297,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, U == 4 ? 2 : 1) gemv_one_kern
       if (kk < p.k) {
         float v[V], g[V];
         unpack<T>(xr[u], v);
-        unpack<T>(*reinterpret_cast<const uint4*>(p.norm + kk), g);
+        unpack<T>(gr[u], g);
         T* r = reinterpret_cast<T*>(&xr[u]);
 #pragma unroll
         for (int i = 0; i < V; i++) r[i] = from_f32<T>(g[i] * (v[i] * scale));
@@ -311,25 +342,26 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, U == 4 ? 2 : 1) gemv_one_kern
         }
       }
     }
-    if (slice == 0 && lane == 0 && pair < pairs) {
+    if (writer && pair < pairs) {
       int a, b;
       rows(pair, &a, &b);
       if (p.bias) {
-        va += to_f32(p.bias[a]);
-        vb += to_f32(p.bias[b]);
+        va += bias_a;
+        vb += bias_b;
       }
       if (p.gated) {
         const float gate = to_f32(from_f32<T>(silu(to_f32(from_f32<T>(va)))));
         p.out[pair] = from_f32<T>(gate * to_f32(from_f32<T>(vb)));
       } else {
-        if (p.residual) va += to_f32(p.residual[a]);
+        if (p.residual) va += res_a;
         p.out[a] = from_f32<T>(va);
         if (b != a) {
-          if (p.residual) vb += to_f32(p.residual[b]);
+          if (p.residual) vb += res_b;
           p.out[b] = from_f32<T>(vb);
         }
       }
     }
+    fetch_extra(group + gridDim.x, true, true);
     if (SLICES > 1) __syncthreads();
   }
 }
