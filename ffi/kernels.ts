@@ -145,11 +145,18 @@ export const symbols = {
       "i32", // int rows
       "i32", // int vocab
       dev, // const double* params
-      dev, // double* weights
+      dev, // void* scratch
       dev, // int32_t* out
       stream, // void* stream
     ],
     result: "i32",
+  },
+  rf_sample_scratch_bytes: {
+    parameters: [
+      "i32", // int rows
+      "i32", // int vocab
+    ],
+    result: "i64",
   },
   rf_cast: {
     parameters: [

@@ -47,9 +47,13 @@ int rf_softmax(int dtype, const void* x, void* out, int rows, int width, void* s
 int rf_argmax(int dtype, const void* x, int ldx, int32_t* out, int rows, int width, void* stream);
 /* out[r] = a token drawn from x[r, :vocab] by core/serve/sampling.ts's rule, with params[4r ..]
  * = temperature (> 0), top_k (0: all), top_p (in (0, 1]) and the uniform draw in [0, 1);
- * weights is scratch of rows × vocab doubles. */
-int rf_sample(int dtype, const void* x, int ldx, int rows, int vocab, const double* params, double* weights,
+ * scratch: rf_sample_scratch_bytes(rows or more, vocab) bytes, zero before the first launch and
+ * used by nothing else; each launch leaves it fit for the next. */
+int rf_sample(int dtype, const void* x, int ldx, int rows, int vocab, const double* params, void* scratch,
               int32_t* out, void* stream);
+/* Bytes of scratch rf_sample needs for up to `rows` rows of `vocab` (-1 where this GPU cannot
+ * hold the blocks one row needs at once). */
+int64_t rf_sample_scratch_bytes(int rows, int vocab);
 int rf_cast(int from, int to, const void* x, void* out, int n, void* stream);
 /* out = x permuted: out.shape[i] = shape[perm[i]], for up to 4 axes (pad with leading 1s). */
 int rf_permute(int elem_bytes, const void* x, void* out, const int64_t* shape, const int64_t* perm, void* stream);

@@ -65,11 +65,18 @@ extern "C" int rf_argmax(int dtype, const void* x, int ldx, int32_t* out, int ro
 // - candidates: the top_k first of that ranking (all where top_k is 0 or covers the vocabulary);
 // - nucleus: the shortest ranked prefix of the candidates holding top_p of their weight;
 // - the draw: uniform × the nucleus's weight, walked off the nucleus in index order.
-// One block a row; thread t owns the contiguous indices [t·chunk, (t+1)·chunk), so that index order
-// is thread order and "the first n ties in index order" is a prefix count over the threads. The
-// cuts are found by radix selection on the order-preserving 32-bit key of the logit, 8 bits a pass
-// (a histogram of counts for top_k, of weights for top_p, checked in f64).
-static const int SAMPLE_THREADS = 1024;
+// A row is split over S blocks (a "team"), block b holding a contiguous segment of it and thread t
+// of the block E contiguous indices of that, kept in registers as order-preserving 32-bit keys
+// (and later their weights): index order is (block, thread, element) order, so "the first n ties
+// in index order" is a prefix count over blocks, then threads. The team meets at barriers of its
+// own in global memory (the launch is cooperative, so all its blocks are resident); every sum over
+// the team is of per-block parts in block order, so each block computes the same result and the
+// draw repeats exactly. The cuts are found by radix selection on the keys, 8 bits a pass (counts
+// for top_k; for top_p weights summed in f32 within a block, in f64 across, the boundary then
+// checked in f64). Teams take rows r, r + teams, ... in turn.
+static const int SAMPLE_THREADS = 512;
+static const int SAMPLE_HELD = 16;       // indices a thread holds
+static const int SAMPLE_MAX_BLOCKS = 64;  // blocks a team
 
 __device__ __forceinline__ uint32_t order_key(float v) {
   uint32_t bits = __float_as_uint(v);
@@ -79,29 +86,6 @@ __device__ __forceinline__ uint32_t order_key(float v) {
 
 __device__ __forceinline__ float key_value(uint32_t key) {
   return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
-}
-
-// The smallest and the largest value over the block (every thread gets it).
-__device__ uint32_t block_min_u32(uint32_t v) {
-  __shared__ uint32_t partial[32];
-  v = __reduce_min_sync(0xffffffffu, v);
-  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
-  __syncthreads();
-  uint32_t result = partial[0];
-  for (int w = 1; w < (int)(blockDim.x >> 5); w++) result = min(result, partial[w]);
-  __syncthreads();
-  return result;
-}
-
-__device__ uint32_t block_max_u32(uint32_t v) {
-  __shared__ uint32_t partial[32];
-  v = __reduce_max_sync(0xffffffffu, v);
-  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
-  __syncthreads();
-  uint32_t result = partial[0];
-  for (int w = 1; w < (int)(blockDim.x >> 5); w++) result = max(result, partial[w]);
-  __syncthreads();
-  return result;
 }
 
 // Exclusive prefix over the block in thread order; *total gets the sum of all.
@@ -132,22 +116,96 @@ __device__ V block_exclusive(V v, V* total) {
   return base + x - v;
 }
 
-template <typename V>
-__device__ V block_total(V v) {
-  V total;
+// A team's scratch in global memory: its barrier, and per-block parts of the sums and histograms
+// it makes, in two alternating sets (a set is rewritten only after a barrier that every block has
+// passed since it last read that set).
+struct TeamScratch {
+  unsigned* arrived;
+  unsigned* generation;
+  double* parts;  // [2][SAMPLE_MAX_BLOCKS]
+  double* bins;   // [2][SAMPLE_MAX_BLOCKS][256]
+};
+
+static const int64_t TEAM_BYTES = 64 + 2 * SAMPLE_MAX_BLOCKS * 8 + 2 * SAMPLE_MAX_BLOCKS * 256 * 8;
+
+__device__ __forceinline__ TeamScratch team_scratch(unsigned char* scratch, int team) {
+  unsigned char* base = scratch + (int64_t)team * TEAM_BYTES;
+  TeamScratch t;
+  t.arrived = reinterpret_cast<unsigned*>(base);
+  t.generation = reinterpret_cast<unsigned*>(base + 4);
+  t.parts = reinterpret_cast<double*>(base + 64);
+  t.bins = t.parts + 2 * SAMPLE_MAX_BLOCKS;
+  return t;
+}
+
+struct Team {
+  TeamScratch mem;
+  int blocks;  // gridDim.x
+  int set;     // which set of parts the next exchange uses
+
+  __device__ void barrier() {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      volatile unsigned* generation = mem.generation;
+      const unsigned now = *generation;
+      __threadfence();
+      if (atomicAdd(mem.arrived, 1u) == (unsigned)blocks - 1) {
+        *mem.arrived = 0;
+        __threadfence();
+        atomicAdd(mem.generation, 1u);
+      } else {
+        while (*generation == now) {
+        }
+      }
+      __threadfence();
+    }
+    __syncthreads();
+  }
+
+  // Every block's `part` (given by thread 0), in block order after the barrier: parts()[b].
+  __device__ const double* exchange(double part) {
+    double* slots = mem.parts + set * SAMPLE_MAX_BLOCKS;
+    if (threadIdx.x == 0) slots[blockIdx.x] = part;
+    set ^= 1;
+    barrier();
+    return slots;
+  }
+
+  __device__ double sum(double block_part) {
+    const double* parts = exchange(block_part);
+    double total = 0.0;
+    for (int b = 0; b < blocks; b++) total += __ldcg(parts + b);
+    return total;
+  }
+
+  // The sum of the blocks before this one (and *total, of all).
+  __device__ double before(double block_part, double* total) {
+    const double* parts = exchange(block_part);
+    double base = 0.0, all = 0.0;
+    for (int b = 0; b < blocks; b++) {
+      const double v = __ldcg(parts + b);
+      if (b < (int)blockIdx.x) base += v;
+      all += v;
+    }
+    *total = all;
+    return base;
+  }
+};
+
+__device__ double block_sum_d(double v) {
+  double total;
   block_exclusive(v, &total);
   return total;
 }
 
-// The key whose ties finish the selection: walks 8-bit digits from the top, each pass counting
-// (top_k) or weighing (top_p, in f32: the caller checks the result in f64) the selected elements
-// under the prefix so far. `need` starts as the count or weight wanted and ends as what the ties at
-// the returned key must still give. Each warp fills its own histogram, so that the atomics of a
-// pass where most elements share a digit contend within a warp only.
-template <typename T, typename V, typename Selected, typename Amount>
-__device__ uint32_t radix_select(const T* row, int begin, int end, double* need, Selected selected, Amount amount,
-                                 void* histograms) {
-  V (*bins)[256] = reinterpret_cast<V (*)[256]>(histograms);  // [warps][256], 4-byte V
+// The key whose ties finish the selection over the team: walks 8-bit digits from the top, each pass
+// counting (top_k) or weighing (top_p: f32 within a block, f64 across) the selected elements under
+// the prefix so far. `need` starts as the count or weight wanted and ends as what the ties at the
+// returned key must still give. Each warp fills its own histogram, so that the atomics of a pass
+// where most elements share a digit contend within a warp only.
+template <typename V, typename Amount>
+__device__ uint32_t radix_select(Team& team, const uint32_t (&keys)[SAMPLE_HELD], int count, double* need,
+                                 Amount amount, V (*bins)[256]) {
   __shared__ double totals[256];
   __shared__ uint32_t digit;
   __shared__ double left;
@@ -157,14 +215,25 @@ __device__ uint32_t radix_select(const T* row, int begin, int end, double* need,
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int d = threadIdx.x; d < warps * 256; d += blockDim.x) bins[d / 256][d % 256] = V(0);
     __syncthreads();
-    for (int i = begin; i < end; i++) {
-      const uint32_t key = order_key(to_f32(row[i]));
-      if ((key & mask) == prefix && selected(i, key)) atomicAdd(&bins[warp][(key >> shift) & 255u], amount(i));
+#pragma unroll
+    for (int e = 0; e < SAMPLE_HELD; e++) {
+      if (e < count && (keys[e] & mask) == prefix) {
+        const V a = amount(e);
+        if (a != V(0)) atomicAdd(&bins[warp][(keys[e] >> shift) & 255u], a);
+      }
     }
     __syncthreads();
+    double* shared_bins = team.mem.bins + team.set * SAMPLE_MAX_BLOCKS * 256;
     for (int d = threadIdx.x; d < 256; d += blockDim.x) {
       double sum = 0.0;
       for (int w = 0; w < warps; w++) sum += (double)bins[w][d];
+      shared_bins[blockIdx.x * 256 + d] = sum;
+    }
+    team.set ^= 1;
+    team.barrier();
+    for (int d = threadIdx.x; d < 256; d += blockDim.x) {
+      double sum = 0.0;
+      for (int b = 0; b < team.blocks; b++) sum += __ldcg(shared_bins + b * 256 + d);
       totals[d] = sum;
     }
     __syncthreads();
@@ -196,176 +265,263 @@ __device__ uint32_t radix_select(const T* row, int begin, int end, double* need,
 
 template <typename T>
 __global__ void __launch_bounds__(SAMPLE_THREADS)
-    sample_kernel(const T* x, int64_t ldx, int vocab, const double* params, double* weights, int32_t* out) {
+    sample_kernel(const T* x, int64_t ldx, int rows, int vocab, const double* params, unsigned char* scratch,
+                  int32_t* out) {
   __shared__ __align__(16) unsigned char histograms[SAMPLE_THREADS / 32 * 256 * 4];
+  __shared__ uint32_t block_next;
+  __shared__ int picked, last;
   pdl_wait();
   pdl_trigger();
-  const T* row = x + blockIdx.x * ldx;
-  double* w = weights + (int64_t)blockIdx.x * vocab;
-  const double temperature = params[4 * blockIdx.x];
-  const int top_k = (int)params[4 * blockIdx.x + 1];
-  const double top_p = params[4 * blockIdx.x + 2];
-  const double uniform = params[4 * blockIdx.x + 3];
-  const int chunk = (vocab + blockDim.x - 1) / blockDim.x;
-  const int begin = min(vocab, (int)threadIdx.x * chunk);
-  const int end = min(vocab, begin + chunk);
+  Team team = {team_scratch(scratch, blockIdx.y), (int)gridDim.x, 0};
+  const int segment = (vocab + gridDim.x - 1) / gridDim.x;
+  const int held = (segment + blockDim.x - 1) / blockDim.x;  // ≤ SAMPLE_HELD (the launch checks)
+  const int begin = min(vocab, (int)blockIdx.x * segment + (int)threadIdx.x * held);
+  const int end = min(min(vocab, ((int)blockIdx.x + 1) * segment), begin + held);
+  const int count = max(0, end - begin);
 
-  float top = -INFINITY;
-  for (int i = begin; i < end; i++) top = fmaxf(top, to_f32(row[i]));
-  top = block_max(top);
+  for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+    const T* row = x + (int64_t)r * ldx;
+    const double temperature = params[4 * r];
+    const int top_k = (int)params[4 * r + 1];
+    const double top_p = params[4 * r + 2];
+    const double uniform = params[4 * r + 3];
 
-  // Candidates: keys above tk, and the first keep_k ties at tk (index order).
-  const bool cut_k = top_k > 0 && top_k < vocab;
-  uint32_t tk = 0;
-  int keep_k = 0, rank_k = 0;
-  if (cut_k) {
-    double need = top_k;
-    tk = radix_select<T, int>(
-        row, begin, end, &need, [](int, uint32_t) { return true; }, [](int) { return 1; }, histograms);
-    keep_k = (int)need;
-    int ties = 0;
-    for (int i = begin; i < end; i++) ties += order_key(to_f32(row[i])) == tk;
-    int all;
-    rank_k = block_exclusive(ties, &all);
-  }
-  const auto candidate = [&](uint32_t key, int* rank) {
-    if (!cut_k || key > tk) return true;
-    if (key < tk) return false;
-    return (*rank)++ < keep_k;
-  };
-
-  // Weights of the candidates (0 elsewhere), kept for the passes below.
-  double mass = 0.0;
-  {
-    int rank = rank_k;
-    for (int i = begin; i < end; i++) {
-      const float v = to_f32(row[i]);
-      const double weight = candidate(order_key(v), &rank) ? exp(((double)v - (double)top) / temperature) : 0.0;
-      w[i] = weight;
-      mass += weight;
+    uint32_t keys[SAMPLE_HELD];
+    float top = -INFINITY;
+#pragma unroll
+    for (int e = 0; e < SAMPLE_HELD; e++) {
+      const float v = e < count ? to_f32(row[begin + e]) : 0.f;
+      keys[e] = order_key(v);
+      if (e < count) top = fmaxf(top, v);
     }
-  }
-  mass = block_total(mass);
-
-  // Nucleus: candidate keys above tp, and the first keep_p candidate ties at tp.
-  const bool cut_p = top_p < 1.0;
-  uint32_t tp = 0;
-  int keep_p = 0, rank_p = 0;
-  if (cut_p) {
-    const double target = top_p * mass;
-    double need = target;
-    tp = radix_select<T, float>(
-        row, begin, end, &need, [&](int i, uint32_t) { return w[i] > 0.0; }, [&](int i) { return (float)w[i]; },
-        histograms);
-    // The f32 histograms may miss the boundary by a rounding: check it in f64 and step to the right
-    // key, or (should that not settle) search the keys exactly by bisection.
-    const auto mass_from = [&](uint32_t key, bool equal_too) {
-      double sum = 0.0;
-      for (int i = begin; i < end; i++) {
-        if (w[i] == 0.0) continue;
-        const uint32_t k = order_key(to_f32(row[i]));
-        if (k > key || (equal_too && k == key)) sum += w[i];
-      }
-      return block_total(sum);
-    };
-    double above = mass_from(tp, false);
-    double through = mass_from(tp, true);
-    // Off by a rounding, the boundary is a neighbouring key: step to it, a few keys at most.
-    for (int step = 0; step < 16 && !(above < target && target <= through); step++) {
-      const bool up = above >= target;
-      uint32_t next = up ? 0xffffffffu : 0u;
-      for (int i = begin; i < end; i++) {
-        if (w[i] == 0.0) continue;
-        const uint32_t k = order_key(to_f32(row[i]));
-        if (up && k > tp) next = min(next, k);
-        if (!up && k < tp) next = max(next, k);
-      }
-      next = up ? block_min_u32(next) : block_max_u32(next);
-      if (next == tp) break;
-      tp = next;
-      above = mass_from(tp, false);
-      through = mass_from(tp, true);
+    {
+      const double* parts = team.exchange((double)block_max(top));
+      top = -INFINITY;
+      for (int b = 0; b < team.blocks; b++) top = fmaxf(top, (float)__ldcg(parts + b));
     }
-    if (!(above < target && target <= through)) {
-      // the largest key whose candidates at or above it weigh at least the target
-      uint32_t lo = 0, hi = 0xffffffffu;
-      while (lo < hi) {
-        const uint32_t mid = lo + (hi - lo + 1) / 2;
-        if (mass_from(mid, true) >= target) {
-          lo = mid;
+
+    // Candidates: keys above tk, and the first keep_k ties at tk (index order).
+    const bool cut_k = top_k > 0 && top_k < vocab;
+    uint32_t tk = 0;
+    int keep_k = 0, rank_k = 0;
+    if (cut_k) {
+      double need = top_k;
+      tk = radix_select<int>(team, keys, count, &need, [](int) { return 1; },
+                             reinterpret_cast<int (*)[256]>(histograms));
+      keep_k = (int)need;
+      int ties = 0;
+#pragma unroll
+      for (int e = 0; e < SAMPLE_HELD; e++) ties += e < count && keys[e] == tk;
+      int in_block;
+      const int within = block_exclusive(ties, &in_block);
+      double all;
+      rank_k = within + (int)team.before((double)in_block, &all);
+    }
+
+    // Weights of the candidates (0 elsewhere).
+    double w[SAMPLE_HELD];
+    double mass = 0.0;
+    {
+      int rank = rank_k;
+#pragma unroll
+      for (int e = 0; e < SAMPLE_HELD; e++) {
+        bool in = e < count;
+        if (in && cut_k) in = keys[e] > tk || (keys[e] == tk && rank++ < keep_k);
+        w[e] = in ? exp(((double)key_value(keys[e]) - (double)top) / temperature) : 0.0;
+        mass += w[e];
+      }
+    }
+    mass = team.sum(block_sum_d(mass));
+
+    // Nucleus: candidate keys above tp, and the first keep_p candidate ties at tp.
+    const bool cut_p = top_p < 1.0;
+    uint32_t tp = 0;
+    int keep_p = 0, rank_p = 0;
+    if (cut_p) {
+      const double target = top_p * mass;
+      double need = target;
+      tp = radix_select<float>(team, keys, count, &need, [&](int e) { return (float)w[e]; },
+                               reinterpret_cast<float (*)[256]>(histograms));
+      // The f32 histograms may miss the boundary by a rounding: check it in f64 and step to the
+      // right key, or (should that not settle) search the keys exactly by bisection.
+      const auto mass_from = [&](uint32_t key, bool equal_too) {
+        double sum = 0.0;
+#pragma unroll
+        for (int e = 0; e < SAMPLE_HELD; e++) {
+          if (w[e] != 0.0 && (keys[e] > key || (equal_too && keys[e] == key))) sum += w[e];
+        }
+        return team.sum(block_sum_d(sum));
+      };
+      double above = mass_from(tp, false);
+      double through = mass_from(tp, true);
+      // Off by a rounding, the boundary is a neighbouring key: step to it, a few keys at most.
+      for (int step = 0; step < 16 && !(above < target && target <= through); step++) {
+        const bool up = above >= target;
+        uint32_t next = up ? 0xffffffffu : 0u;
+#pragma unroll
+        for (int e = 0; e < SAMPLE_HELD; e++) {
+          if (w[e] == 0.0) continue;
+          if (up && keys[e] > tp) next = min(next, keys[e]);
+          if (!up && keys[e] < tp) next = max(next, keys[e]);
+        }
+        if (threadIdx.x == 0) block_next = up ? 0xffffffffu : 0u;
+        __syncthreads();
+        if (up) {
+          atomicMin(&block_next, next);
         } else {
-          hi = mid - 1;
+          atomicMax(&block_next, next);
+        }
+        __syncthreads();
+        const double* parts = team.exchange((double)block_next);  // keys are exact as doubles
+        uint32_t found = up ? 0xffffffffu : 0u;
+        for (int b = 0; b < team.blocks; b++) {
+          const uint32_t k = (uint32_t)__ldcg(parts + b);
+          found = up ? min(found, k) : max(found, k);
+        }
+        if (found == tp) break;
+        tp = found;
+        above = mass_from(tp, false);
+        through = mass_from(tp, true);
+      }
+      if (!(above < target && target <= through)) {
+        // the largest key whose candidates at or above it weigh at least the target
+        uint32_t lo = 0, hi = 0xffffffffu;
+        while (lo < hi) {
+          const uint32_t mid = lo + (hi - lo + 1) / 2;
+          if (mass_from(mid, true) >= target) {
+            lo = mid;
+          } else {
+            hi = mid - 1;
+          }
+        }
+        tp = lo;
+        above = mass_from(tp, false);
+      }
+      need = target - above;
+      int ties = 0;
+#pragma unroll
+      for (int e = 0; e < SAMPLE_HELD; e++) ties += keys[e] == tp && w[e] > 0.0;
+      int in_block;
+      const int within = block_exclusive(ties, &in_block);
+      double all_ties;
+      rank_p = within + (int)team.before((double)in_block, &all_ties);
+      const int all = (int)all_ties;
+      // the ties share one weight; they join in index order until the prefix reaches the mass
+      const double each = exp(((double)key_value(tp) - (double)top) / temperature);
+      double sum = 0.0;
+      keep_p = 0;
+      while (keep_p < all && sum < need) {
+        sum += each;
+        keep_p++;
+      }
+      if (keep_p == 0) keep_p = 1;
+    }
+
+    // The draw, walked in index order over the nucleus.
+    double held_weight = 0.0;
+    int mine = -1;
+    {
+      int rank = rank_p;
+#pragma unroll
+      for (int e = 0; e < SAMPLE_HELD; e++) {
+        if (w[e] == 0.0) continue;
+        bool in = true;
+        if (cut_p) in = keys[e] > tp || (keys[e] == tp && rank++ < keep_p);
+        if (!in) {
+          w[e] = 0.0;
+          continue;
+        }
+        held_weight += w[e];
+        mine = begin + e;
+      }
+    }
+    double in_block;
+    const double within = block_exclusive(held_weight, &in_block);
+    double nucleus;
+    const double base = within + team.before(in_block, &nucleus);
+    const double target = uniform * nucleus;
+    if (threadIdx.x == 0) {
+      picked = vocab;
+      last = -1;
+    }
+    __syncthreads();
+    if (mine >= 0) atomicMax(&last, mine);
+    if (held_weight > 0.0 && base <= target && target < base + held_weight) {
+      double rest = target - base;
+      int choice = mine;
+#pragma unroll
+      for (int e = 0; e < SAMPLE_HELD; e++) {
+        if (w[e] == 0.0) continue;
+        rest -= w[e];
+        if (rest < 0.0) {
+          choice = begin + e;
+          break;
         }
       }
-      tp = lo;
-      above = mass_from(tp, false);
+      atomicMin(&picked, choice);
     }
-    need = target - above;
-    int ties = 0;
-    for (int i = begin; i < end; i++) ties += order_key(to_f32(row[i])) == tp && w[i] > 0.0;
-    int all;
-    rank_p = block_exclusive(ties, &all);
-    // the ties share one weight; they join in index order until the prefix reaches the mass
-    const double each = exp(((double)key_value(tp) - (double)top) / temperature);
-    double sum = 0.0;
-    keep_p = 0;
-    while (keep_p < all && sum < need) {
-      sum += each;
-      keep_p++;
-    }
-    if (keep_p == 0) keep_p = 1;
+    __syncthreads();
+    // picked, else the last index of the nucleus (a rounding left the target past the end); each
+    // exchange is read before the next barrier, as the alternating sets require
+    int choice = vocab, final_last = -1;
+    const double* picks = team.exchange((double)picked);
+    for (int b = 0; b < team.blocks; b++) choice = min(choice, (int)__ldcg(picks + b));
+    const double* lasts = team.exchange((double)last);
+    for (int b = 0; b < team.blocks; b++) final_last = max(final_last, (int)__ldcg(lasts + b));
+    if (blockIdx.x == 0 && threadIdx.x == 0) out[r] = choice < vocab ? choice : (final_last >= 0 ? final_last : 0);
   }
-
-  // The draw, walked in index order over the nucleus.
-  __shared__ int picked, last;
-  if (threadIdx.x == 0) {
-    picked = vocab;
-    last = -1;
-  }
-  __syncthreads();
-  double held = 0.0;
-  int mine = -1;
-  {
-    int rank = rank_p;
-    for (int i = begin; i < end; i++) {
-      if (w[i] == 0.0) continue;
-      const uint32_t key = order_key(to_f32(row[i]));
-      bool in = true;
-      if (cut_p) in = key > tp || (key == tp && rank++ < keep_p);
-      if (!in) {
-        w[i] = 0.0;
-        continue;
-      }
-      held += w[i];
-      mine = i;
-    }
-  }
-  if (mine >= 0) atomicMax(&last, mine);
-  double nucleus;
-  const double base = block_exclusive(held, &nucleus);
-  const double target = uniform * nucleus;
-  if (held > 0.0 && base <= target && target < base + held) {
-    double rest = target - base;
-    int choice = mine;
-    for (int i = begin; i < end; i++) {
-      if (w[i] == 0.0) continue;
-      rest -= w[i];
-      if (rest < 0.0) {
-        choice = i;
-        break;
-      }
-    }
-    atomicMin(&picked, choice);
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) out[blockIdx.x] = picked < vocab ? picked : (last >= 0 ? last : 0);
 }
 
-extern "C" int rf_sample(int dtype, const void* x, int ldx, int rows, int vocab, const double* params,
-                         double* weights, int32_t* out, void* stream) {
+// Blocks a team: enough for SAMPLE_HELD indices a thread.
+static int team_blocks(int vocab) {
+  const int per_block = SAMPLE_THREADS * SAMPLE_HELD;
+  return (vocab + per_block - 1) / per_block;
+}
+
+// Teams that can be resident at once beside each other (the cooperative launch needs all).
+template <typename T>
+static int teams_of(int rows, int vocab, int* teams) {
+  int device = 0, multiprocessors = 0, resident = 0;
+  cudaError_t rc = cudaGetDevice(&device);
+  if (rc == cudaSuccess) rc = cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
+  if (rc == cudaSuccess) {
+    rc = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, sample_kernel<T>, SAMPLE_THREADS, 0);
+  }
+  if (rc != cudaSuccess) return static_cast<int>(rc);
+  const int blocks = team_blocks(vocab);
+  *teams = min(rows, resident * multiprocessors / blocks);
+  return *teams < 1 || blocks > SAMPLE_MAX_BLOCKS ? static_cast<int>(cudaErrorInvalidValue) : 0;
+}
+
+extern "C" int64_t rf_sample_scratch_bytes(int rows, int vocab) {
+  if (rows <= 0 || vocab <= 0) return 0;
+  int teams = 0;
+  // f32 and bf16 kernels use the same registers and shared memory; take the larger count
+  if (teams_of<float>(rows, vocab, &teams) != 0) return -1;
+  int other = 0;
+  if (teams_of<__nv_bfloat16>(rows, vocab, &other) != 0) return -1;
+  return (int64_t)max(teams, other) * TEAM_BYTES;
+}
+
+extern "C" int rf_sample(int dtype, const void* x, int ldx, int rows, int vocab, const double* params, void* scratch,
+                         int32_t* out, void* stream) {
   if (rows <= 0) return 0;
   if (vocab <= 0) return static_cast<int>(cudaErrorInvalidValue);
-  RF_DISPATCH(dtype, return rf_launch(sample_kernel<T>, dim3((unsigned)rows), dim3(SAMPLE_THREADS), 0,
-                                      RF_STREAM(stream), (const T*)x, (int64_t)ldx, vocab, params, weights, out));
+  RF_DISPATCH(dtype, {
+    int teams = 0;
+    const int rc = teams_of<T>(rows, vocab, &teams);
+    if (rc != 0) return rc;
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeCooperative;
+    attribute.val.cooperative = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3((unsigned)team_blocks(vocab), (unsigned)teams);
+    config.blockDim = dim3(SAMPLE_THREADS);
+    config.stream = RF_STREAM(stream);
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    return static_cast<int>(cudaLaunchKernelEx(&config, sample_kernel<T>, (const T*)x, (int64_t)ldx, rows, vocab,
+                                               params, static_cast<unsigned char*>(scratch), out));
+  });
   return 0;
 }

@@ -70,7 +70,7 @@ export class CudaSequences implements Sequences {
   /** Per entry: temperature, top_k, top_p and the uniform draw (f64), for rf_sample. */
   readonly #params: bigint;
   /** rf_sample's scratch, entries × vocab doubles, allocated at the first draw. */
-  #weights = 0n;
+  #sampling = 0n; // rf_sample's scratch, zeroed once
   readonly #arena: bigint;
   readonly #graphs = new Map<number, Graph>();
   readonly #allocations: bigint[] = [];
@@ -338,9 +338,12 @@ export class CudaSequences implements Sequences {
     const ctx = this.#engine.ctx;
     const c = cudart();
     const [, vocab] = logits.shape;
-    if (this.#weights === 0n) {
-      this.#weights = ctx.alloc(8 * this.#entries * vocab);
-      this.#allocations.push(this.#weights);
+    if (this.#sampling === 0n) {
+      const bytes = kernels().rf_sample_scratch_bytes(this.#entries, vocab);
+      if (bytes < 0n) throw new EngineError(`this GPU cannot sample rows of ${vocab} tokens on the device`);
+      this.#sampling = ctx.alloc(Number(bytes));
+      this.#allocations.push(this.#sampling);
+      checkCuda(c.cudaMemsetAsync(this.#sampling, 0, bytes, ctx.stream), "cudaMemsetAsync");
     }
     const params = new Float64Array(this.#host.bytes.buffer, this.#paramsAt, 4 * choices.length);
     choices.forEach((choice, row) =>
@@ -365,7 +368,7 @@ export class CudaSequences implements Sequences {
         choices.length,
         vocab,
         this.#params,
-        this.#weights,
+        this.#sampling,
         this.#ids,
         ctx.stream,
       ),
