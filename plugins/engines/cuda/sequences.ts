@@ -413,6 +413,28 @@ export class CudaSequences implements Sequences {
     return { logits: stack(this.#readLogits(logits, batch.length)) };
   }
 
+  /**
+   * Device time of one decode step (ms), for benchmarks: the captured graph of a batch of `size`
+   * replayed `replays` times back to back, so that the host's wait between steps stays out. The
+   * replays redo the last step (same ids and positions); the pool's lengths do not change.
+   */
+  replayDecodeMs(size: number, replays: number): number {
+    const graph = this.#graphs.get(nextPowerOfTwo(size));
+    if (!graph) throw new EngineError(`no decode graph for a batch of ${size} yet: run a decode step first`);
+    const stream = this.#engine.ctx.stream;
+    const c = cudart();
+    const [start, end] = [createEvent(), createEvent()];
+    try {
+      checkCuda(c.cudaEventRecord(start, stream), "cudaEventRecord");
+      for (let n = 0; n < replays; n++) checkCuda(c.cudaGraphLaunch(graph.exec, stream), "cudaGraphLaunch");
+      checkCuda(c.cudaEventRecord(end, stream), "cudaEventRecord");
+      this.#engine.ctx.synchronize();
+      return elapsedMs(start, end) / replays;
+    } finally {
+      for (const event of [start, end]) checkCuda(c.cudaEventDestroy(event), "cudaEventDestroy");
+    }
+  }
+
   /** Device time of each kind of launch in one decode step of `batch` (ms), for benchmarks. */
   profileDecode(batch: SequenceStep[]): Map<string, { ms: number; launches: number }> {
     checkStep(batch, this);
