@@ -76,8 +76,8 @@ int rf_attention(int dtype, const void* q, void* out, const void* k_cache, const
 int64_t rf_attention_scratch_bytes(int tokens, int heads, int head_dim, int span);
 /* Decode in one launch: rf_qkv_prepare then rf_attention for tokens that each belong to another
  * slot (one new token per sequence), q, k and v read from the product rows that made them, out
- * [tokens, heads, head_dim]. scratch: rf_decode_attention_scratch_bytes.
- * counters: tokens * heads ints, zero before the first launch and used by nothing else; each
+ * [tokens, heads, head_dim]. heads / kv_heads ≤ 8. scratch: rf_decode_attention_scratch_bytes.
+ * counters: tokens * kv_heads ints, zero before the first launch and used by nothing else; each
  * launch leaves them at zero again. */
 int rf_decode_attention(int dtype, const void* q, int ldq, const void* k, int ldk, const void* v, int ldv,
                         void* k_cache, void* v_cache, const int32_t* slots, const int32_t* cache_pos,

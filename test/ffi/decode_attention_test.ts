@@ -1,7 +1,7 @@
 // rf_decode_attention on the GPU against attention computed here from the same stored values: the
-// fixture models' head sizes (8, 16) leave the kernel's wider lanes untested, so this covers the
-// head sizes of real models (64, 128, and 80 / 96, where a lane holds 4 / 3 dimensions), tokens
-// whose keys fit one chunk and tokens whose chunks are merged, the cache writes and the counters.
+// fixture models' heads (8 and 16 dimensions) leave the head sizes of real models untested, so this
+// covers 64, 80, 96 and 128 in f32, f16 and bf16, tokens whose keys fit one chunk and tokens whose
+// chunks are merged, the cache writes, and the merge counters left at zero for the next launch.
 
 import { deepStrictEqual, ok } from "node:assert";
 import { gpu } from "./gpu.ts";
@@ -33,8 +33,8 @@ Deno.test({
   fn() {
     check(cudart().cudaSetDevice(0), "cudaSetDevice");
     const heads = 8, kvHeads = 2, group = heads / kvHeads, maxLen = 600, theta = 10000;
-    // positions on both sides of the 128- (f32) and 256-key (f16, bf16) chunk edges
-    const positions = [0, 127, 128, 255, 256, 599];
+    // positions on both sides of chunk edges (64 keys a chunk at this few tokens), up to 10 chunks
+    const positions = [0, 63, 64, 255, 256, 599];
     const tokens = positions.length;
     const slots = positions.map((_, i) => (i * 5 + 2) % (tokens + 1)); // distinct, not in order
     const cacheSlots = tokens + 1;
@@ -113,7 +113,7 @@ Deno.test({
           slots: deviceAlloc(4 * tokens),
           positions: deviceAlloc(4 * tokens),
           scratch: deviceAlloc(scratchBytes),
-          counters: deviceAlloc(4 * tokens * heads),
+          counters: deviceAlloc(4 * tokens * kvHeads),
           out: deviceAlloc(tokens * qRow * (dtype === "f32" ? 4 : 2)),
         };
         try {
@@ -124,7 +124,7 @@ Deno.test({
           upload(buffers.vCache, vCache.bytes);
           upload(buffers.slots, Int32Array.from(slots));
           upload(buffers.positions, Int32Array.from(positions));
-          upload(buffers.counters, new Int32Array(tokens * heads));
+          upload(buffers.counters, new Int32Array(tokens * kvHeads));
           const outs: Float32Array[] = [];
           for (let launch = 0; launch < 2; launch++) { // the second finds the counters reset
             checkKernel(
@@ -169,7 +169,7 @@ Deno.test({
             outs[0],
             `${dtype} head ${headDim}: a second launch gives the same output`,
           );
-          const counters = new Int32Array(tokens * heads);
+          const counters = new Int32Array(tokens * kvHeads);
           download(counters, buffers.counters);
           ok(counters.every((c) => c === 0), `${dtype} head ${headDim}: the counters are left at zero`);
 

@@ -22,7 +22,7 @@ import { bindMovement } from "./steps/movement.ts";
 export interface Caches {
   k: bigint[];
   v: bigint[];
-  /** Per layer: the decode-attention kernel's merge counters (DECODE_TOKENS × heads ints, zeroed once). */
+  /** Per layer: the decode-attention kernel's merge counters (DECODE_TOKENS × kv heads ints, zeroed once). */
   counters: bigint[];
   maxLength: number;
 }

@@ -103,7 +103,7 @@ export class CudaSequences implements Sequences {
       const bytes = cacheSlots * step.kvHeads * options.maxLength * step.headDim * BYTES_PER_ELEMENT[dtype];
       caches.k[step.layer] = alloc(bytes);
       caches.v[step.layer] = alloc(bytes);
-      const counterBytes = 4 * DECODE_TOKENS * step.heads;
+      const counterBytes = 4 * DECODE_TOKENS * step.kvHeads;
       caches.counters[step.layer] = alloc(counterBytes);
       checkCuda(
         cudart().cudaMemsetAsync(caches.counters[step.layer], 0, BigInt(counterBytes), ctx.stream),

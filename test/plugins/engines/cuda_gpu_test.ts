@@ -178,12 +178,12 @@ Deno.test({
       using engine = await build(name, dtype);
       const base = oracleOf(name).prompt_ids;
       const repeat = (length: number) => Array.from({ length }, (_, i) => base[(i * 7) % base.length]);
-      // Chunks are 128 keys in f32 and 256 in bf16: the longest prompts' chunks are merged.
-      const lengths = [600, 200, 64, ...Array.from({ length: 13 }, (_, i) => 70 + 29 * i)];
+      // 3 sequences take 64-key chunks; 16 (16 × kv heads ≥ 32 blocks' worth) take 128-key chunks.
+      const lengths = [200, 130, 64, ...Array.from({ length: 13 }, (_, i) => 70 + 9 * i)];
       const prompts = lengths.map(repeat);
       const next = prompts.map((_, i) => base[(i + 1) % base.length]);
       for (const count of [3, 16]) {
-        using pool = engine.sequences({ slots: count, maxLength: 640 });
+        using pool = engine.sequences({ slots: count, maxLength: 256 });
         await pool.step(prompts.slice(0, count).map((ids, slot) => ({ slot, ids, start: 0 })));
         const decoded = toF32(
           await pool.step(

@@ -62,7 +62,8 @@ export function bindAttention(binder: Binder, step: Extract<Step, { kind: "atten
   const s = binder.ctx.stream;
   // Every entry of a sequence run one token: each token is another slot's next one.
   const decode = binder.ctx.mode === "sequence" && binder.ctx.meta.entries === tokens &&
-    tokens <= DECODE_TOKENS && step.outTokenMajor && !step.v.rope;
+    tokens <= DECODE_TOKENS &&
+    heads / kvHeads <= 8 && step.outTokenMajor && !step.v.rope;
   if (decode) {
     const capacity = binder.ctx.caches!.maxLength;
     const scratchBytes = Number(
