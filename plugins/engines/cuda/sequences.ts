@@ -69,8 +69,8 @@ export class CudaSequences implements Sequences {
   readonly #ids: bigint;
   /** Per entry: temperature, top_k, top_p and the uniform draw (f64), for rf_sample. */
   readonly #params: bigint;
-  /** rf_sample's scratch, entries × vocab doubles, allocated at the first draw. */
-  #sampling = 0n; // rf_sample's scratch, zeroed once
+  /** rf_sample's scratch (rf_sample_scratch_bytes), allocated and zeroed at the first draw. */
+  #sampling = 0n;
   readonly #arena: bigint;
   readonly #graphs = new Map<number, Graph>();
   readonly #allocations: bigint[] = [];
