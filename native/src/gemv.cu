@@ -423,7 +423,11 @@ static int gemv_one_launch(const GemvParams<T>& params, cudaStream_t stream) {
   const int pairs = params.gated ? params.n / 2 : (params.n + 1) / 2;
   constexpr int PER_BLOCK = GEMV_WARPS / SLICES;
   const int groups = (pairs + PER_BLOCK - 1) / PER_BLOCK;
-  const int blocks = max(1, min(groups, max(1, resident) * multiprocessors()));
+  // As few rounds as the resident blocks allow, and as few blocks as take that many rounds: each
+  // block does the same work, and the slots left free take the next kernel's blocks early.
+  const int capacity = max(1, resident) * multiprocessors();
+  const int rounds = (groups + capacity - 1) / capacity;
+  const int blocks = max(1, (groups + rounds - 1) / rounds);
   return rf_launch(kernel, dim3((unsigned)blocks), dim3(GEMV_WARPS * 32), 0, stream, params);
 }
 
