@@ -52,11 +52,8 @@ export function bindProduct(binder: Binder, step: ProductStep, index: number): v
   const [b, r, source] = [bias ?? 0n, residual ?? 0n, rx];
   const [normW, eps] = [norm?.w ?? 0n, norm?.eps ?? 0];
   const { stream, workspace } = ctx;
-
-  if (step.gated && streamed) {
-    const width = total / 2;
-    const out = binder.scratch(dtype, binder.shapeOf(step.gated.out), rowsCapacity * width);
-    binder.views.set(step.gated.out, out);
+  /** The product through rankflow's weight-streaming kernel into `out` (rows `ldOut` apart). */
+  const streamInto = (out: bigint, ldOut: number, gated: boolean) =>
     binder.launch(
       label,
       () =>
@@ -70,14 +67,20 @@ export function bindProduct(binder: Binder, step: ProductStep, index: number): v
           w,
           b,
           r,
-          out.ptr,
-          width,
+          out,
+          ldOut,
           total,
           step.k,
-          1,
+          gated ? 1 : 0,
           stream,
         ),
     );
+
+  if (step.gated && streamed) {
+    const width = total / 2;
+    const out = binder.scratch(dtype, binder.shapeOf(step.gated.out), rowsCapacity * width);
+    binder.views.set(step.gated.out, out);
+    streamInto(out.ptr, width, true);
     return;
   }
   const buffer = binder.allocate(dtype, rowsCapacity * total);
@@ -94,27 +97,7 @@ export function bindProduct(binder: Binder, step: ProductStep, index: number): v
     offset += part.width;
   }
   if (streamed) {
-    binder.launch(
-      label,
-      () =>
-        k.rf_gemv(
-          kernelDtype,
-          m,
-          source.ptr,
-          source.rowStride,
-          normW,
-          eps,
-          w,
-          b,
-          r,
-          buffer,
-          total,
-          total,
-          step.k,
-          0,
-          stream,
-        ),
-    );
+    streamInto(buffer, total, false);
   } else {
     const pointers = { x: source.ptr, w, out: buffer, bias, residual };
     binder.push("product (cuBLASLt)", () => gemm.run(m, pointers, workspace, stream));
