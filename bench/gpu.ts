@@ -200,17 +200,15 @@ export async function benchGpu(dirArg?: string): Promise<void> {
   const bandwidth = copyBandwidth(engine);
   const floorMs = (engine.weights.bytes / bandwidth) * 1000;
   if (Deno.env.get("RANKFLOW_BENCH_QUICK") === "1") {
-    // batch-1 decode only, for comparing settings of the kernels' environment variables
-    for (const context of [128, 1024]) {
-      const { wall, device } = await decodeMs(engine, 1, context, vocab);
-      console.log(
-        `batch 1 context ${context}: ${wall.toFixed(3)} ms, ${(wall / floorMs).toFixed(2)}× floor ` +
-          `(device ${device.toFixed(3)} ms a step back to back)`,
-      );
-    }
+    // decode only, for comparing settings of the kernels' environment variables
     for (const batch of [1, 8]) {
-      const ms = await sampledMs(engine, batch, 128, vocab, "device");
-      console.log(`batch ${batch} context 128 sampled on the device: ${ms.toFixed(3)} ms`);
+      for (const context of [128, 1024]) {
+        const { wall, device } = await decodeMs(engine, batch, context, vocab);
+        console.log(
+          `batch ${batch} context ${context}: ${wall.toFixed(3)} ms, ${(wall / floorMs).toFixed(2)}× floor ` +
+            `(device ${device.toFixed(3)} ms a step back to back)`,
+        );
+      }
     }
     return;
   }

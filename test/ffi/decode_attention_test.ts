@@ -1,7 +1,7 @@
 // rf_decode_attention on the GPU against attention computed here from the same stored values: the
 // fixture models' heads (8 and 16 dimensions) leave the head sizes of real models untested, so this
 // covers 64, 80, 96 and 128 in f32, f16 and bf16, tokens whose keys fit one chunk and tokens whose
-// chunks are merged, the cache writes, and the merge counters left at zero for the next launch.
+// chunks are merged (up to 33), the cache writes, and the merge counters left at zero for the next launch.
 
 import { deepStrictEqual, ok } from "node:assert";
 import { gpu } from "./gpu.ts";
@@ -32,11 +32,13 @@ Deno.test({
   ignore: !gpu,
   fn() {
     check(cudart().cudaSetDevice(0), "cudaSetDevice");
-    const heads = 8, kvHeads = 2, group = heads / kvHeads, maxLen = 600, theta = 10000;
-    // positions on both sides of chunk edges (64 keys a chunk at this few tokens), up to 10 chunks
-    const positions = [0, 63, 64, 255, 256, 599];
+    const heads = 8, kvHeads = 2, group = heads / kvHeads, maxLen = 2100, theta = 10000;
+    // positions on both sides of chunk edges (64 keys a chunk at this few tokens), up to 33 chunks
+    // (more than the 8 partials the merge loads at a time)
+    const positions = [0, 63, 64, 255, 256, 599, 2047, 2048, 2099];
     const tokens = positions.length;
-    const slots = positions.map((_, i) => (i * 5 + 2) % (tokens + 1)); // distinct, not in order
+    // distinct (3 and tokens + 1 have no common factor), not in order
+    const slots = positions.map((_, i) => (i * 3 + 2) % (tokens + 1));
     const cacheSlots = tokens + 1;
     for (const dtype of ["f32", "f16", "bf16"] as DType[]) {
       for (const headDim of [64, 80, 96, 128]) {
