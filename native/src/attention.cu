@@ -91,36 +91,6 @@ __global__ void qkv_prepare_kernel(const T* q, int64_t ldq, const T* k, int64_t 
   }
 }
 
-// Copies `keys` contiguous rows of head_dim elements into shared rows `row_stride` apart: every
-// thread issues all its 16-byte loads before its first store, so they are in flight together.
-template <typename T>
-__device__ __forceinline__ void load_rows(const T* src, T* rows, int keys, int head_dim, int row_stride) {
-  constexpr int V = 16 / sizeof(T);
-  constexpr int MAX_UNITS = CHUNK * MAX_HEAD_DIM / V / ATTN_THREADS;
-  const int per_row = head_dim / V;
-  const int units = keys * per_row;
-  uint4 held[MAX_UNITS];
-#pragma unroll
-  for (int p = 0; p < MAX_UNITS; p++) {
-    const int unit = threadIdx.x + p * ATTN_THREADS;
-    if (unit < units) held[p] = __ldg(reinterpret_cast<const uint4*>(src) + unit);
-  }
-#pragma unroll
-  for (int p = 0; p < MAX_UNITS; p++) {
-    const int unit = threadIdx.x + p * ATTN_THREADS;
-    if (unit < units) {
-      const int j = unit / per_row;
-      const int d = (unit - j * per_row) * V;
-      // rows are 4-byte aligned (row_stride is even), so the 16 bytes go as four words
-      uint32_t* dst = reinterpret_cast<uint32_t*>(rows + j * row_stride + d);
-      dst[0] = held[p].x;
-      dst[1] = held[p].y;
-      dst[2] = held[p].z;
-      dst[3] = held[p].w;
-    }
-  }
-}
-
 // grid (token tiles, heads, chunks). Shared memory: q tile (f32), scores, one K or V chunk (T,
 // rows padded by 2 elements so that threads reading one column of consecutive rows hit distinct banks).
 template <typename T>
@@ -182,7 +152,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_partial_kernel(
     if (threadIdx.x < count) positions[threadIdx.x] = cache_pos[qtoken((int)threadIdx.x)];
     const T* k_rows = k_cache + ((slot * kv_heads + kvh) * max_len + key_start) * head_dim;
     const T* v_rows = v_cache + ((slot * kv_heads + kvh) * max_len + key_start) * head_dim;
-    load_rows(k_rows, rows, keys, head_dim, row_stride);
+    load_rows<T, CHUNK, MAX_HEAD_DIM, ATTN_THREADS>(k_rows, rows, keys, head_dim, row_stride);
     __syncthreads();
     for (int idx = threadIdx.x; idx < count * CHUNK; idx += blockDim.x) {
       const int i = idx / CHUNK;
@@ -223,7 +193,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_partial_kernel(
       }
     }
     // The K rows were last read before the barrier above; V takes their place.
-    load_rows(v_rows, rows, keys, head_dim, row_stride);
+    load_rows<T, CHUNK, MAX_HEAD_DIM, ATTN_THREADS>(v_rows, rows, keys, head_dim, row_stride);
     __syncthreads();
     const int outputs = count * head_dim;
     if (outputs * 2 <= ATTN_THREADS) {

@@ -92,6 +92,37 @@ static inline unsigned rf_blocks(int64_t n, int threads) {
   return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 * 64 ? 65535 * 64 : blocks));
 }
 
+// Copies `keys` contiguous rows of head_dim elements (at most ROWS × MAX_DIM in all) into shared
+// rows `row_stride` apart: each of THREADS threads issues all its 16-byte loads before its first
+// store, so that they are in flight together. row_stride is even, so rows are 4-byte aligned and
+// the 16 bytes go as four words.
+template <typename T, int ROWS, int MAX_DIM, int THREADS>
+__device__ __forceinline__ void load_rows(const T* src, T* rows, int keys, int head_dim, int row_stride) {
+  constexpr int V = 16 / sizeof(T);
+  constexpr int MAX_UNITS = ROWS * MAX_DIM / V / THREADS;
+  const int per_row = head_dim / V;
+  const int units = keys * per_row;
+  uint4 held[MAX_UNITS];
+#pragma unroll
+  for (int p = 0; p < MAX_UNITS; p++) {
+    const int unit = threadIdx.x + p * THREADS;
+    if (unit < units) held[p] = __ldg(reinterpret_cast<const uint4*>(src) + unit);
+  }
+#pragma unroll
+  for (int p = 0; p < MAX_UNITS; p++) {
+    const int unit = threadIdx.x + p * THREADS;
+    if (unit < units) {
+      const int j = unit / per_row;
+      const int d = (unit - j * per_row) * V;
+      uint32_t* dst = reinterpret_cast<uint32_t*>(rows + j * row_stride + d);
+      dst[0] = held[p].x;
+      dst[1] = held[p].y;
+      dst[2] = held[p].z;
+      dst[3] = held[p].w;
+    }
+  }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;

@@ -24,35 +24,6 @@ __device__ __noinline__ void decode_rope_angle(int64_t p, int i, int head_dim, f
   sincosf((float)p * inverse, s, c);
 }
 
-// Copies `keys` rows of a cache into shared rows `row_stride` elements apart: every thread issues
-// all its 16-byte loads before its first store, so that they are in flight together.
-template <typename T, int KEYS>
-__device__ __forceinline__ void copy_rows(const T* src, T* rows, int keys, int head_dim, int row_stride) {
-  constexpr int V = 16 / sizeof(T);
-  constexpr int MAX_UNITS = KEYS * MAX_HEAD_DIM / V / DTHREADS;
-  const int per_row = head_dim / V;
-  const int units = keys * per_row;
-  uint4 held[MAX_UNITS];
-#pragma unroll
-  for (int p = 0; p < MAX_UNITS; p++) {
-    const int unit = threadIdx.x + p * DTHREADS;
-    if (unit < units) held[p] = __ldg(reinterpret_cast<const uint4*>(src) + unit);
-  }
-#pragma unroll
-  for (int p = 0; p < MAX_UNITS; p++) {
-    const int unit = threadIdx.x + p * DTHREADS;
-    if (unit < units) {
-      const int j = unit / per_row;
-      const int d = (unit - j * per_row) * V;
-      uint32_t* dst = reinterpret_cast<uint32_t*>(rows + j * row_stride + d);
-      dst[0] = held[p].x;
-      dst[1] = held[p].y;
-      dst[2] = held[p].z;
-      dst[3] = held[p].w;
-    }
-  }
-}
-
 template <typename T, int KEYS>
 __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
     const T* q, int64_t ldq, const T* k, int64_t ldk, const T* v, int64_t ldv, T* k_cache, T* v_cache,
@@ -94,8 +65,8 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
       decode_rope_angle(p, d, head_dim, theta, &rot_cos[d], &rot_sin[d]);
     }
   }
-  copy_rows<T, KEYS>(k_cache + cache_row, k_rows, earlier, head_dim, row_stride);
-  copy_rows<T, KEYS>(v_cache + cache_row, v_rows, earlier, head_dim, row_stride);
+  load_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(k_cache + cache_row, k_rows, earlier, head_dim, row_stride);
+  load_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(v_cache + cache_row, v_rows, earlier, head_dim, row_stride);
   __syncthreads();
   pdl_wait();
 

@@ -2,6 +2,19 @@
 // (4 bytes a sequence) instead of logits.
 #include "common.cuh"
 
+// The warp's largest value and, among equal ones, its smallest index, in every lane.
+__device__ __forceinline__ void warp_argmax(float* best, int64_t* index) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, *best, offset);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, *index, offset);
+    if (ov > *best || (ov == *best && oi < *index)) {
+      *best = ov;
+      *index = oi;
+    }
+  }
+}
+
 template <typename T>
 __global__ void argmax_kernel(const T* x, int64_t ldx, int32_t* out, int64_t width) {
   pdl_wait();
@@ -18,14 +31,7 @@ __global__ void argmax_kernel(const T* x, int64_t ldx, int32_t* out, int64_t wid
   }
   __shared__ float values[32];
   __shared__ int64_t indices[32];
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, offset);
-    const int64_t oi = __shfl_xor_sync(0xffffffffu, index, offset);
-    if (ov > best || (ov == best && oi < index)) {
-      best = ov;
-      index = oi;
-    }
-  }
+  warp_argmax(&best, &index);
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   if (lane == 0) {
@@ -37,14 +43,7 @@ __global__ void argmax_kernel(const T* x, int64_t ldx, int32_t* out, int64_t wid
     const int warps = blockDim.x >> 5;
     best = lane < warps ? values[lane] : -INFINITY;
     index = lane < warps ? indices[lane] : width;
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, best, offset);
-      const int64_t oi = __shfl_xor_sync(0xffffffffu, index, offset);
-      if (ov > best || (ov == best && oi < index)) {
-        best = ov;
-        index = oi;
-      }
-    }
+    warp_argmax(&best, &index);
     // A row of NaNs (nothing compares larger) picks 0, as the reference's strict comparison does.
     if (lane == 0) out[blockIdx.x] = (int32_t)(index < width ? index : 0);
   }

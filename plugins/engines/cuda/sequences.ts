@@ -289,16 +289,22 @@ export class CudaSequences implements Sequences {
     );
   }
 
+  /** Queues the copy of the step buffer (ids, positions, slots, rows) to the device; returns its bytes. */
+  #copyStep(stream: bigint): number {
+    const metaBytes = 4 * (3 * this.#tokens + this.#entries);
+    checkCuda(
+      cudart().cudaMemcpyAsync(this.#meta, this.#host.pointer, BigInt(metaBytes), MEMCPY.hostToDevice, stream),
+      "copy of the step to the device",
+    );
+    return metaBytes;
+  }
+
   /** The launches of a run, with the step buffer copied in first and (greedy) ids copied out last. */
   #enqueue(layout: StepLayout, span: number, greedy: boolean): { logits: View } {
     const bound = this.#bind(this.#arena, layout, span);
     const stream = this.#engine.ctx.stream;
     const c = cudart();
-    const metaBytes = 4 * (3 * this.#tokens + this.#entries);
-    checkCuda(
-      c.cudaMemcpyAsync(this.#meta, this.#host.pointer, BigInt(metaBytes), MEMCPY.hostToDevice, stream),
-      "copy of the step to the device",
-    );
+    const metaBytes = this.#copyStep(stream);
     for (const launch of bound.launches) launch();
     const logits = bound.views.get("logits");
     if (!logits) throw new EngineError("the graph has no output named logits");
@@ -444,11 +450,7 @@ export class CudaSequences implements Sequences {
     const bound = this.#bind(this.#arena, layout, this.maxLength);
     const stream = this.#engine.ctx.stream;
     const c = cudart();
-    const metaBytes = 4 * (3 * this.#tokens + this.#entries);
-    checkCuda(
-      c.cudaMemcpyAsync(this.#meta, this.#host.pointer, BigInt(metaBytes), MEMCPY.hostToDevice, stream),
-      "copy of the step to the device",
-    );
+    this.#copyStep(stream);
     this.#engine.ctx.synchronize();
     // Events between the launches, captured into a graph with them, so that host gaps stay out.
     const events = Array.from({ length: bound.launches.length + 1 }, () => createEvent());

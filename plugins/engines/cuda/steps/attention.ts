@@ -60,6 +60,22 @@ export function bindAttention(binder: Binder, step: Extract<Step, { kind: "atten
   const { slots, cachePos } = binder.ctx.meta;
   const k = kernels();
   const s = binder.ctx.stream;
+  // What the decode kernel and the cache write both take: the rows of q, k and v; the caches, where
+  // this run's tokens go in them and how they are rotated; the sizes.
+  const rows = [rq.ptr, rq.rowStride, rk.ptr, rk.rowStride, rv.ptr, rv.rowStride] as const;
+  const ropeQ = step.q.rope ? 1 : 0, ropeK = step.k.rope ? 1 : 0;
+  const cacheWrite = [
+    kCache,
+    vCache,
+    slots,
+    cachePos,
+    ropePos?.ptr ?? 0n,
+    period,
+    ropeQ,
+    ropeK,
+    theta,
+  ] as const;
+  const sizes = [tokens, heads, kvHeads, headDim, maxLength] as const;
   // Every entry of a sequence run one token: each token is another slot's next one.
   const decode = binder.ctx.mode === "sequence" && binder.ctx.meta.entries === tokens &&
     tokens <= DECODE_TOKENS &&
@@ -72,65 +88,29 @@ export function bindAttention(binder: Binder, step: Extract<Step, { kind: "atten
     const scratch = binder.allocate("f32", scratchBytes / 4);
     const counters = binder.ctx.caches!.counters[step.layer];
     const target = binder.define(step.out);
-    binder.launch(`attention of layer ${step.layer}`, () =>
-      k.rf_decode_attention(
-        dtype,
-        rq.ptr,
-        rq.rowStride,
-        rk.ptr,
-        rk.rowStride,
-        rv.ptr,
-        rv.rowStride,
-        kCache,
-        vCache,
-        slots,
-        cachePos,
-        ropePos?.ptr ?? 0n,
-        period,
-        step.q.rope ? 1 : 0,
-        step.k.rope ? 1 : 0,
-        theta,
-        tokens,
-        heads,
-        kvHeads,
-        headDim,
-        maxLength,
-        span,
-        step.scale,
-        scratch,
-        counters,
-        target.ptr,
-        s,
-      ));
+    binder.launch(
+      `attention of layer ${step.layer}`,
+      () =>
+        k.rf_decode_attention(
+          dtype,
+          ...rows,
+          ...cacheWrite,
+          ...sizes,
+          span,
+          step.scale,
+          scratch,
+          counters,
+          target.ptr,
+          s,
+        ),
+    );
     return;
   }
   const qTokens = binder.scratch(q.dtype, [tokens, heads, headDim], capacityTokens * heads * headDim);
-  binder.launch(`kv cache write of layer ${step.layer}`, () =>
-    k.rf_qkv_prepare(
-      dtype,
-      rq.ptr,
-      rq.rowStride,
-      rk.ptr,
-      rk.rowStride,
-      rv.ptr,
-      rv.rowStride,
-      qTokens.ptr,
-      kCache,
-      vCache,
-      slots,
-      cachePos,
-      ropePos?.ptr ?? 0n,
-      period,
-      step.q.rope ? 1 : 0,
-      step.k.rope ? 1 : 0,
-      theta,
-      tokens,
-      heads,
-      kvHeads,
-      headDim,
-      maxLength,
-      s,
-    ));
+  binder.launch(
+    `kv cache write of layer ${step.layer}`,
+    () => k.rf_qkv_prepare(dtype, ...rows, qTokens.ptr, ...cacheWrite, ...sizes, s),
+  );
   const capacitySpan = binder.ctx.mode === "functional" ? span : binder.ctx.caches!.maxLength;
   const scratchBytes = Number(k.rf_attention_scratch_bytes(capacityTokens, heads, headDim, capacitySpan));
   const scratch = binder.allocate("f32", scratchBytes / 4);
