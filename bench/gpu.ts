@@ -3,6 +3,8 @@
 // context, prefill of 512 and 2048 tokens; beside it PyTorch eager and torch.compile with a static
 // KV cache and CUDA graphs (bench/torch_decode.py, same weights), and the memory-bandwidth floor of
 // a decode step: the weight bytes over the device's measured copy bandwidth.
+// RANKFLOW_BENCH_QUICK=1 runs rankflow's decode only, =prefill its prefill of 2048 tokens with a
+// profile by kind of launch: for comparing settings of the kernels' environment variables.
 
 import { join } from "node:path";
 import { exportCheckpoint } from "../plugins/export/hf.ts";
@@ -126,8 +128,39 @@ async function profileDecode(
   using pool = engine.sequences({ slots: batch, maxLength: 1024 + 16 });
   const prompts = Array.from({ length: batch }, (_, slot) => randomIds(1024, vocab, 11 + slot));
   const tokens = await pool.greedy(prompts.map((ids, slot) => ({ slot, ids, start: 0 })));
-  pool.profileDecode(tokens.map((id, slot) => ({ slot, ids: [id], start: 1024 })));
-  return pool.profileDecode(tokens.map((id, slot) => ({ slot, ids: [id], start: 1025 })));
+  pool.profileStep(tokens.map((id, slot) => ({ slot, ids: [id], start: 1024 })));
+  return pool.profileStep(tokens.map((id, slot) => ({ slot, ids: [id], start: 1025 })));
+}
+
+/** Device time per kind of launch of one prefill of `length` tokens. */
+async function profilePrefill(
+  engine: CudaEngine,
+  vocab: number,
+  length: number,
+): Promise<Map<string, { ms: number; launches: number }>> {
+  using pool = engine.sequences({ slots: 1, maxLength: length + 8, prefillChunk: length });
+  const ids = randomIds(length, vocab, 3);
+  await pool.greedy([{ slot: 0, ids, start: 0 }]); // chooses the products' algorithms
+  return pool.profileStep([{ slot: 0, ids, start: 0 }]);
+}
+
+/** A profile as a table, its kinds by time. */
+function printProfile(title: string, profile: Map<string, { ms: number; launches: number }>): void {
+  console.log(
+    `\n${title} by kind of launch: device time between events captured with the launches in a CUDA graph ` +
+      "(each event adds about 2 µs)",
+  );
+  console.log("| launch | count | ms | share |");
+  console.log("|---|---:|---:|---:|");
+  const total = [...profile.values()].reduce((sum, entry) => sum + entry.ms, 0);
+  for (const [kind, entry] of [...profile].sort((a, b) => b[1].ms - a[1].ms)) {
+    console.log(
+      `| ${kind} | ${entry.launches} | ${entry.ms.toFixed(3)} | ${(100 * entry.ms / total).toFixed(1)}% |`,
+    );
+  }
+  console.log(
+    `| total | ${[...profile.values()].reduce((n, e) => n + e.launches, 0)} | ${total.toFixed(3)} | |`,
+  );
 }
 
 async function prefillMs(engine: CudaEngine, length: number, vocab: number): Promise<number> {
@@ -199,6 +232,12 @@ export async function benchGpu(dirArg?: string): Promise<void> {
   );
   const bandwidth = copyBandwidth(engine);
   const floorMs = (engine.weights.bytes / bandwidth) * 1000;
+  if (Deno.env.get("RANKFLOW_BENCH_QUICK") === "prefill") {
+    // prefill only, with where its time goes
+    console.log(`prefill of 2048 tokens: ${(await prefillMs(engine, 2048, vocab)).toFixed(3)} ms`);
+    printProfile("One prefill of 2048 tokens", await profilePrefill(engine, vocab, 2048));
+    return;
+  }
   if (Deno.env.get("RANKFLOW_BENCH_QUICK") === "1") {
     // decode only, for comparing settings of the kernels' environment variables
     for (const batch of [1, 8]) {
@@ -250,6 +289,12 @@ export async function benchGpu(dirArg?: string): Promise<void> {
     } catch (error) {
       console.log(`no per-launch profile: ${(error as Error).message}`);
     }
+  }
+  let prefillProfile: Map<string, { ms: number; launches: number }> | undefined;
+  try {
+    prefillProfile = await profilePrefill(engine, vocab, 2048);
+  } catch (error) {
+    console.log(`no per-launch profile of prefill: ${(error as Error).message}`);
   }
   const theirs = Deno.env.get("RANKFLOW_BENCH_TORCH") === "0" ? [] : await torchRows(dir);
   const find = (mode: string, what: string, batch: number, context: number) =>
@@ -306,21 +351,7 @@ export async function benchGpu(dirArg?: string): Promise<void> {
     );
   }
   for (const [batch, profile] of profiles) {
-    console.log(
-      `\nOne decode step (batch ${batch}, context 1024) by kind of launch: device time between events ` +
-        "captured with the launches in a CUDA graph (each event adds about 2 µs)",
-    );
-    console.log("| launch | count | ms | share |");
-    console.log("|---|---:|---:|---:|");
-    const total = [...profile.values()].reduce((sum, entry) => sum + entry.ms, 0);
-    for (const [kind, entry] of [...profile].sort((a, b) => b[1].ms - a[1].ms)) {
-      console.log(
-        `| ${kind} | ${entry.launches} | ${entry.ms.toFixed(3)} | ${(100 * entry.ms / total).toFixed(1)}% |`,
-      );
-    }
-    console.log(
-      `| total | ${[...profile.values()].reduce((n, e) => n + e.launches, 0)} | ${total.toFixed(3)} | |`,
-    );
+    printProfile(`One decode step (batch ${batch}, context 1024)`, profile);
   }
   console.log("\nPrefill, ms (batch 1, median of 5)");
   console.log("| tokens | rankflow cuda | PyTorch eager | rankflow tokens/s |");
@@ -333,4 +364,5 @@ export async function benchGpu(dirArg?: string): Promise<void> {
       } |`,
     );
   }
+  if (prefillProfile) printProfile("One prefill of 2048 tokens", prefillProfile);
 }

@@ -40,25 +40,36 @@ __global__ void rope_kernel(const T* x, int64_t ldx, T* out, const int32_t* pos,
   }
 }
 
-// grid (tokens, heads + kv_heads): block y < heads rotates one q head; the others write one kv head.
+// A block per token: the rotation table of its position once in shared memory ([half] cosines,
+// then [half] sines), then every pair of its q heads (rotated into q_out) and of its kv heads
+// (written into the caches), one pair a thread at a time.
 template <typename T>
 __global__ void qkv_prepare_kernel(const T* q, int64_t ldq, const T* k, int64_t ldk, const T* v, int64_t ldv,
                                    T* q_out, T* k_cache, T* v_cache, const int32_t* slots, const int32_t* cache_pos,
                                    const int32_t* rope_pos, int64_t rope_period, int rope_q, int rope_k,
                                    float theta, int heads, int kv_heads, int head_dim, int64_t max_len) {
+  extern __shared__ float rotation[];
   pdl_wait();
   pdl_trigger();
   const int64_t t = blockIdx.x;
   const int half = head_dim / 2;
-  const int64_t p = rope_pos ? rope_pos[t % rope_period] : 0;
-  if ((int)blockIdx.y < heads) {
-    const int h = blockIdx.y;
-    const T* src = q + t * ldq + (int64_t)h * head_dim;
-    T* dst = q_out + (t * heads + h) * (int64_t)head_dim;
+  if (rope_q || rope_k) {
+    const int64_t p = rope_pos[t % rope_period];
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
+      rope_angle(p, i, head_dim, theta, &rotation[i], &rotation[half + i]);
+    }
+    __syncthreads();
+  }
+  const int64_t cache_row = (int64_t)slots[t] * kv_heads * max_len + cache_pos[t];
+  for (int idx = threadIdx.x; idx < (heads + kv_heads) * half; idx += blockDim.x) {
+    const int h = idx / half;
+    const int i = idx - h * half;
+    const bool rotate = h < heads ? rope_q : rope_k;
+    const float c = rotate ? rotation[i] : 1.f, s = rotate ? rotation[half + i] : 0.f;
+    if (h < heads) {
+      const T* src = q + t * ldq + (int64_t)h * head_dim;
+      T* dst = q_out + (t * heads + h) * (int64_t)head_dim;
       if (rope_q) {
-        float c, s;
-        rope_angle(p, i, head_dim, theta, &c, &s);
         const float a = to_f32(src[i]);
         const float b = to_f32(src[i + half]);
         dst[i] = from_f32<T>(a * c - b * s);
@@ -67,17 +78,13 @@ __global__ void qkv_prepare_kernel(const T* q, int64_t ldq, const T* k, int64_t 
         dst[i] = src[i];
         dst[i + half] = src[i + half];
       }
+      continue;
     }
-    return;
-  }
-  const int h = blockIdx.y - heads;
-  const int64_t row = (((int64_t)slots[t] * kv_heads + h) * max_len + cache_pos[t]) * head_dim;
-  const T* ks = k + t * ldk + (int64_t)h * head_dim;
-  const T* vs = v + t * ldv + (int64_t)h * head_dim;
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const int kvh = h - heads;
+    const int64_t row = (cache_row + (int64_t)kvh * max_len) * head_dim;
+    const T* ks = k + t * ldk + (int64_t)kvh * head_dim;
+    const T* vs = v + t * ldv + (int64_t)kvh * head_dim;
     if (rope_k) {
-      float c, s;
-      rope_angle(p, i, head_dim, theta, &c, &s);
       const float a = to_f32(ks[i]);
       const float b = to_f32(ks[i + half]);
       k_cache[row + i] = from_f32<T>(a * c - b * s);
@@ -285,9 +292,11 @@ extern "C" int rf_qkv_prepare(int dtype, const void* q, int ldq, const void* k, 
   if (tokens <= 0) return 0;
   if (head_dim % 2 != 0 || kv_heads <= 0 || heads % kv_heads != 0) return static_cast<int>(cudaErrorInvalidValue);
   if ((rope_q || rope_k) && (!rope_pos || rope_period <= 0)) return static_cast<int>(cudaErrorInvalidValue);
-  const dim3 grid((unsigned)tokens, (unsigned)(heads + kv_heads));
-  const int threads = head_dim / 2 <= 32 ? 32 : 64;
-  RF_DISPATCH(dtype, return rf_launch(qkv_prepare_kernel<T>, grid, dim3(threads), 0, RF_STREAM(stream), (const T*)q,
+  const int pairs = (heads + kv_heads) * (head_dim / 2);
+  const int threads = pairs >= 256 ? 256 : (pairs + 31) / 32 * 32;
+  const size_t rotation = sizeof(float) * head_dim;
+  RF_DISPATCH(dtype, return rf_launch(qkv_prepare_kernel<T>, dim3((unsigned)tokens), dim3(threads), rotation,
+                                      RF_STREAM(stream), (const T*)q,
                                       ldq, (const T*)k, ldk, (const T*)v, ldv, (T*)q_out, (T*)k_cache, (T*)v_cache,
                                       slots, cache_pos, rope_pos, rope_period, rope_q, rope_k, theta, heads, kv_heads,
                                       head_dim, max_len));

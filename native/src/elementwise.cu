@@ -23,18 +23,29 @@ __global__ void unary_kernel(int op, const T* x, int64_t ldx, T* out, int64_t ro
   }
 }
 
-template <typename T>
+// silu(a) · b over rows of `width`, V elements (16 bytes, or 1) a thread at a time; out is [rows, width].
+template <typename T, int V>
 __global__ void silu_mul_kernel(const T* a, int64_t lda, const T* b, int64_t ldb, T* out, int64_t rows,
                                 int64_t width) {
+  struct alignas(sizeof(T) * V) Pack {
+    T v[V];
+  };
   pdl_wait();
   pdl_trigger();
-  const int64_t n = rows * width;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t r = i / width;
-    const int64_t c = i - r * width;
-    // silu is rounded to the dtype before the product, as the graph's two ops would round it.
-    const float gate = to_f32(from_f32<T>(silu(to_f32(a[r * lda + c]))));
-    out[i] = from_f32<T>(gate * to_f32(b[r * ldb + c]));
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    for (int64_t c = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * V; c < width;
+         c += (int64_t)gridDim.x * blockDim.x * V) {
+      const Pack pa = *reinterpret_cast<const Pack*>(a + r * lda + c);
+      const Pack pb = *reinterpret_cast<const Pack*>(b + r * ldb + c);
+      Pack po;
+#pragma unroll
+      for (int j = 0; j < V; j++) {
+        // silu is rounded to the dtype before the product, as the graph's two ops would round it.
+        const float gate = to_f32(from_f32<T>(silu(to_f32(pa.v[j]))));
+        po.v[j] = from_f32<T>(gate * to_f32(pb.v[j]));
+      }
+      *reinterpret_cast<Pack*>(out + r * width + c) = po;
+    }
   }
 }
 
@@ -117,9 +128,16 @@ extern "C" int rf_unary(int dtype, int op, const void* x, int ldx, void* out, in
 extern "C" int rf_silu_mul(int dtype, const void* a, int lda, const void* b, int ldb, void* out,
                            int rows, int width, void* stream) {
   if ((int64_t)rows * width <= 0) return 0;
-  RF_DISPATCH(dtype, return rf_launch(silu_mul_kernel<T>, dim3(rf_blocks((int64_t)rows * width, THREADS)),
-                                      dim3(THREADS), 0, RF_STREAM(stream), (const T*)a, lda, (const T*)b, ldb,
-                                      (T*)out, rows, width));
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  RF_DISPATCH(dtype, {
+    constexpr int V = 16 / sizeof(T);
+    const bool packed = width % V == 0 && lda % V == 0 && ldb % V == 0 && aligned(a) && aligned(b) && aligned(out);
+    const int per = packed ? V : 1;
+    const dim3 grid(rf_blocks((int64_t)width / per, THREADS), (unsigned)(rows < 65535 ? rows : 65535));
+    const auto kernel = packed ? silu_mul_kernel<T, V> : silu_mul_kernel<T, 1>;
+    return rf_launch(kernel, grid, dim3(THREADS), 0, RF_STREAM(stream), (const T*)a, (int64_t)lda, (const T*)b,
+                     (int64_t)ldb, (T*)out, (int64_t)rows, (int64_t)width);
+  });
   return 0;
 }
 

@@ -293,7 +293,13 @@ export class CudaSequences implements Sequences {
   #copyStep(stream: bigint): number {
     const metaBytes = 4 * (3 * this.#tokens + this.#entries);
     checkCuda(
-      cudart().cudaMemcpyAsync(this.#meta, this.#host.pointer, BigInt(metaBytes), MEMCPY.hostToDevice, stream),
+      cudart().cudaMemcpyAsync(
+        this.#meta,
+        this.#host.pointer,
+        BigInt(metaBytes),
+        MEMCPY.hostToDevice,
+        stream,
+      ),
       "copy of the step to the device",
     );
     return metaBytes;
@@ -441,12 +447,18 @@ export class CudaSequences implements Sequences {
     }
   }
 
-  /** Device time of each kind of launch in one decode step of `batch` (ms), for benchmarks. */
-  profileDecode(batch: SequenceStep[]): Map<string, { ms: number; launches: number }> {
+  /**
+   * Device time of each kind of launch in one step of `batch` (ms), for benchmarks: a decode step,
+   * or a prefill of at most the prefill chunk's tokens.
+   */
+  profileStep(batch: SequenceStep[]): Map<string, { ms: number; launches: number }> {
     checkStep(batch, this);
     this.#checkStarts(batch);
-    const layout = { tokens: batch.length, entries: batch.length };
-    this.#fill(batch, layout);
+    const layout = { tokens: 0, entries: batch.length };
+    layout.tokens = this.#fill(batch, layout);
+    if (layout.tokens > this.#tokens) {
+      throw new EngineError(`a profiled step takes at most ${this.#tokens} tokens, not ${layout.tokens}`);
+    }
     const bound = this.#bind(this.#arena, layout, this.maxLength);
     const stream = this.#engine.ctx.stream;
     const c = cudart();
@@ -474,7 +486,7 @@ export class CudaSequences implements Sequences {
       totals.set(kind, entry);
     });
     for (const event of events) checkCuda(c.cudaEventDestroy(event), "cudaEventDestroy");
-    for (const entry of batch) this.#lengths[entry.slot] = entry.start + 1;
+    for (const entry of batch) this.#lengths[entry.slot] = entry.start + entry.ids.length;
     return totals;
   }
 
