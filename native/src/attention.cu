@@ -328,6 +328,11 @@ extern "C" int rf_attention(int dtype, const void* q, void* out, const void* k_c
   RF_DISPATCH(dtype, {
     const size_t bytes = sizeof(float) * (TOKEN_TILE * head_dim + TOKEN_TILE * CHUNK) + sizeof(int) * TOKEN_TILE +
                          sizeof(T) * CHUNK * (head_dim + 2);
+    if (bytes > 48 * 1024) {  // f32 at head sizes over 80
+      const cudaError_t raised =
+          cudaFuncSetAttribute(attention_partial_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+      if (raised != cudaSuccess) return static_cast<int>(raised);
+    }
     const int rc = rf_launch(attention_partial_kernel<T>, grid, dim3(ATTN_THREADS), bytes, RF_STREAM(stream),
                              (const T*)q, (const T*)k_cache, (const T*)v_cache, slots, cache_pos, (int64_t)tokens,
                              heads, kv_heads, head_dim, (int64_t)max_len, chunks, scale, scratch, tile, grouped);
