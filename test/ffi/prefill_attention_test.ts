@@ -8,22 +8,8 @@ import { ok } from "node:assert";
 import { gpu } from "./gpu.ts";
 import { check, cudart, deviceAlloc, deviceFree, download, upload } from "../../ffi/cuda.ts";
 import { check as checkKernel, KERNEL_DTYPE, kernels } from "../../ffi/kernels.ts";
-import { castTensor, type DType, tensor, toF32 } from "../../core/ir/tensor.ts";
-
-/** Deterministic uniform draws in [-1, 1), so a failure repeats. */
-function noise(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    return state / 2147483648 - 1;
-  };
-}
-
-/** The values `dtype` stores for `values`. */
-function stored(values: Float32Array, dtype: DType): { bytes: ArrayBufferView; seen: Float32Array } {
-  const cast = castTensor(tensor("f32", [values.length], values), dtype);
-  return { bytes: cast.data, seen: toF32(cast) };
-}
+import { type DType, tensor, toF32 } from "../../core/ir/tensor.ts";
+import { noise, stored } from "./values.ts";
 
 Deno.test({
   name: "gpu: rf_attention of a prefill run equals attention over the caches, for head sizes 16 to 128",
