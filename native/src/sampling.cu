@@ -15,20 +15,51 @@ __device__ __forceinline__ void warp_argmax(float* best, int64_t* index) {
   }
 }
 
-template <typename T>
-__global__ void argmax_kernel(const T* x, int64_t ldx, int32_t* out, int64_t width) {
+// One block a row. Where the row is 16-byte aligned a thread reads whole vectors, ARGMAX_U of them
+// in flight at a time (a 128256-token row is two rounds of 1024 threads); a thread visits its
+// indices in increasing order, so that the first of equal values stays.
+static const int ARGMAX_THREADS = 1024;
+static const int ARGMAX_U = 8;
+
+template <typename T, bool VECTORS>
+__global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const T* x, int64_t ldx, int32_t* out,
+                                                                 int64_t width) {
   pdl_wait();
   pdl_trigger();
   const T* row = x + blockIdx.x * ldx;
   float best = -INFINITY;
   int64_t index = width;  // larger than any real index, so a real value always wins a tie break
-  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
-    const float v = to_f32(row[i]);
-    if (v > best) {  // a thread visits indices in increasing order: the first of equal values stays
+  const auto visit = [&](float v, int64_t i) {
+    if (v > best) {
       best = v;
       index = i;
     }
+  };
+  int64_t tail = 0;
+  if constexpr (VECTORS) {
+    constexpr int V = 16 / sizeof(T);
+    const int64_t vectors = width / V;
+    const uint4* src = reinterpret_cast<const uint4*>(row);
+    for (int64_t base = threadIdx.x; base < vectors; base += (int64_t)ARGMAX_U * ARGMAX_THREADS) {
+      uint4 held[ARGMAX_U];
+#pragma unroll
+      for (int u = 0; u < ARGMAX_U; u++) {
+        const int64_t at = base + (int64_t)u * ARGMAX_THREADS;
+        if (at < vectors) held[u] = __ldcg(src + at);
+      }
+#pragma unroll
+      for (int u = 0; u < ARGMAX_U; u++) {
+        const int64_t at = base + (int64_t)u * ARGMAX_THREADS;
+        if (at < vectors) {
+          const T* values = reinterpret_cast<const T*>(&held[u]);
+#pragma unroll
+          for (int e = 0; e < V; e++) visit(to_f32(values[e]), at * V + e);
+        }
+      }
+    }
+    tail = vectors * V;
   }
+  for (int64_t i = tail + threadIdx.x; i < width; i += ARGMAX_THREADS) visit(to_f32(row[i]), i);
   __shared__ float values[32];
   __shared__ int64_t indices[32];
   warp_argmax(&best, &index);
@@ -40,9 +71,8 @@ __global__ void argmax_kernel(const T* x, int64_t ldx, int32_t* out, int64_t wid
   }
   __syncthreads();
   if (warp == 0) {
-    const int warps = blockDim.x >> 5;
-    best = lane < warps ? values[lane] : -INFINITY;
-    index = lane < warps ? indices[lane] : width;
+    best = lane < ARGMAX_THREADS / 32 ? values[lane] : -INFINITY;
+    index = lane < ARGMAX_THREADS / 32 ? indices[lane] : width;
     warp_argmax(&best, &index);
     // A row of NaNs (nothing compares larger) picks 0, as the reference's strict comparison does.
     if (lane == 0) out[blockIdx.x] = (int32_t)(index < width ? index : 0);
@@ -52,8 +82,11 @@ __global__ void argmax_kernel(const T* x, int64_t ldx, int32_t* out, int64_t wid
 extern "C" int rf_argmax(int dtype, const void* x, int ldx, int32_t* out, int rows, int width,
                          void* stream) {
   if (rows <= 0) return 0;
-  RF_DISPATCH(dtype, return rf_launch(argmax_kernel<T>, dim3((unsigned)rows), dim3(1024), 0, RF_STREAM(stream),
-                                      (const T*)x, ldx, out, width));
+  RF_DISPATCH(dtype, {
+    const bool vectors = reinterpret_cast<uintptr_t>(x) % 16 == 0 && ((int64_t)ldx * sizeof(T)) % 16 == 0;
+    return rf_launch(vectors ? argmax_kernel<T, true> : argmax_kernel<T, false>, dim3((unsigned)rows),
+                     dim3(ARGMAX_THREADS), 0, RF_STREAM(stream), (const T*)x, (int64_t)ldx, out, (int64_t)width);
+  });
   return 0;
 }
 

@@ -115,3 +115,52 @@ Deno.test({
     }
   },
 });
+
+/** The host's argmax: the first index of the largest value; 0 where nothing compares larger than -inf. */
+function firstMax(row: Float32Array): number {
+  let best = -Infinity;
+  let index = -1;
+  row.forEach((v, i) => {
+    if (v > best) [best, index] = [v, i];
+  });
+  return Math.max(index, 0);
+}
+
+Deno.test({
+  name: "gpu: rf_argmax picks the first largest value, vector and element paths, NaN and -inf rows",
+  ignore: !gpu,
+  fn() {
+    check(cudart().cudaSetDevice(0), "cudaSetDevice");
+    // aligned rows of Llama 3's vocabulary (vectors), padded rows with a tail, odd rows (elements)
+    for (const [width, ld] of [[128256, 128256], [1003, 1008], [50257, 50257]]) {
+      const rows = 6;
+      const values = new Float32Array(rows * ld);
+      const draw = noise(width);
+      for (let i = 0; i < values.length; i++) values[i] = 4 * draw();
+      const row = (r: number) => values.subarray(r * ld, r * ld + width);
+      for (const i of [width - 1, 17, 900]) row(1)[i] = 100; // tied maxima: the first wins
+      row(2).fill(NaN);
+      row(3).fill(-Infinity);
+      row(4).fill(1.5); // every value tied
+      row(5)[width - 1] = 100; // the largest in the tail
+      for (const dtype of ["f32", "f16", "bf16"] as const) {
+        const cast = castTensor(tensor("f32", [values.length], values), dtype);
+        const seen = toF32(cast);
+        const want = Array.from({ length: rows }, (_, r) => firstMax(seen.subarray(r * ld, r * ld + width)));
+        const x = deviceAlloc(cast.data.byteLength);
+        const ids = deviceAlloc(4 * rows);
+        try {
+          upload(x, cast.data);
+          checkKernel(kernels().rf_argmax(KERNEL_DTYPE[dtype], x, ld, ids, rows, width, 0n), "rf_argmax");
+          check(cudart().cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+          const got = new Int32Array(rows);
+          download(got, ids);
+          deepStrictEqual([...got], want, `${dtype}, width ${width} in rows of ${ld}`);
+        } finally {
+          deviceFree(x);
+          deviceFree(ids);
+        }
+      }
+    }
+  },
+});
