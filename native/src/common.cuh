@@ -42,6 +42,54 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
+// A timeline of blocks, for diagnosis only (a build with RF_TRACE: cmake -DRANKFLOW_TRACE=ON; see
+// bench/trace_step.ts). Thread 0 of each block of a traced kernel appends a record to the
+// buffer rf_trace_set names (u64 0 counts records; records of 12 u64 from u64 8): when the block started,
+// when its wait returned, when it ended (%globaltimer, ns), a tag (kind << 56 | extra << 32 |
+// blocks in the grid << 16 | block) and 8 marks (times within the block, 0 where unused).
+enum { RF_TRACE_PRODUCT = 1, RF_TRACE_ATTENTION, RF_TRACE_MERGE, RF_TRACE_IDLE, RF_TRACE_GATHER, RF_TRACE_ARGMAX };
+#ifdef RF_TRACE
+static __device__ unsigned long long* rf_trace_buf;
+__device__ __forceinline__ unsigned long long rf_now() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+#define RF_TRACE_START()                         \
+  const unsigned long long rf_t0 = rf_now(); \
+  unsigned long long rf_t1 = 0, rf_m[8] = {0, 0, 0, 0, 0, 0, 0, 0}
+#define RF_TRACE_WAITED() rf_t1 = rf_now()
+#define RF_TRACE_MARK(i) rf_m[i] = rf_now()
+// Every thread of the block must reach it.
+#define RF_TRACE_END(kind, extra)                                                                         \
+  do {                                                                                                    \
+    __syncthreads();                                                                                      \
+    if (threadIdx.x == 0 && rf_trace_buf) {                                                               \
+      const unsigned long long end = rf_now();                                                            \
+      unsigned long long* e = rf_trace_buf + 8 + 12 * atomicAdd(rf_trace_buf, 1ull);                       \
+      const unsigned grid = gridDim.x * gridDim.y * gridDim.z;                                            \
+      const unsigned b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);                  \
+      e[0] = rf_t0;                                                                                       \
+      e[1] = rf_t1;                                                                                       \
+      e[2] = end;                                                                                         \
+      e[3] = ((unsigned long long)(kind) << 56) | ((unsigned long long)((extra) & 0xffffff) << 32) |      \
+             ((unsigned long long)(grid & 0xffff) << 16) | (b & 0xffff);                                  \
+      for (int m = 0; m < 8; m++) e[4 + m] = rf_m[m];                                                     \
+    }                                                                                                     \
+  } while (0)
+// Defines rf_trace_set_<name>, which points this file's kernels at a buffer.
+#define RF_TRACE_SETTER(name)                                                  \
+  int rf_trace_set_##name(void* buf) {                                         \
+    return static_cast<int>(cudaMemcpyToSymbol(rf_trace_buf, &buf, sizeof(buf))); \
+  }
+#else
+#define RF_TRACE_START() (void)0
+#define RF_TRACE_WAITED() (void)0
+#define RF_TRACE_MARK(i) (void)0
+#define RF_TRACE_END(kind, extra) (void)0
+#define RF_TRACE_SETTER(name)
+#endif
+
 // Set by rf_set_programmatic_launch (runtime.cu); effective only on compute capability 9.0 and up.
 extern int rf_programmatic;
 

@@ -49,9 +49,12 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
   const int64_t key_start = (int64_t)chunk * KEYS;
   const int keys = (int)min((int64_t)KEYS, pos + 1 - key_start);
   const int used = (int)(pos / KEYS) + 1;  // chunks holding keys of this token
+  RF_TRACE_START();
   if (keys <= 0) {
     pdl_wait();
     pdl_trigger();
+    RF_TRACE_WAITED();
+    RF_TRACE_END(RF_TRACE_IDLE, 0);
     return;
   }
   const int64_t cache_row = ((slot * kv_heads + kvh) * max_len + key_start) * head_dim;
@@ -69,6 +72,7 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
   load_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(v_cache + cache_row, v_rows, earlier, head_dim, row_stride);
   __syncthreads();
   pdl_wait();
+  RF_TRACE_WAITED();
 
   // q of the group's heads, then (in the chunk that holds it) the token's own k and v: one item a
   // thread where the block has enough of them, so that their loads go out together.
@@ -115,6 +119,7 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
     vc[d + half] = vb;
   }
   __syncthreads();
+  RF_TRACE_MARK(0);
   pdl_trigger();
 
   for (int idx = threadIdx.x; idx < group * KEYS; idx += DTHREADS) {
@@ -134,6 +139,7 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
     scores[idx] = s;
   }
   __syncthreads();
+  RF_TRACE_MARK(1);
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int partial = head_dim + 2;
@@ -158,6 +164,7 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
     }
   }
   __syncthreads();
+  RF_TRACE_MARK(2);
   for (int idx = threadIdx.x; idx < group * head_dim; idx += DTHREADS) {
     const int i = idx / head_dim;
     const int d = idx - i * head_dim;
@@ -168,6 +175,7 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
   }
 
   // The last of the `used` blocks of this token and kv head merges their partials.
+  RF_TRACE_MARK(3);
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -176,8 +184,13 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
     if (last_block) *counter = 0;
   }
   __syncthreads();
-  if (!last_block) return;
+  if (!last_block) {
+    RF_TRACE_END(RF_TRACE_ATTENTION, 0);
+    return;
+  }
+  RF_TRACE_MARK(4);
   __threadfence();
+  RF_TRACE_MARK(5);
   // One pass over the chunks with a running max, 8 chunks' loads in flight at a time.
   constexpr int AHEAD = 8;
   for (int idx = threadIdx.x; idx < group * head_dim; idx += DTHREADS) {
@@ -210,7 +223,11 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
     }
     out[(t * heads + kvh * group + i) * (int64_t)head_dim + d] = from_f32<T>(acc / total);
   }
+  RF_TRACE_MARK(6);
+  RF_TRACE_END(RF_TRACE_MERGE, used);
 }
+
+RF_TRACE_SETTER(decode_attention)
 
 static int decode_chunks(int span, int keys) { return (span + keys - 1) / keys; }
 

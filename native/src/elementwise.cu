@@ -96,13 +96,18 @@ __global__ void cast_kernel(const From* x, To* out, int64_t n) {
 template <typename E>
 __global__ void gather_rows_kernel(const E* __restrict__ table, int64_t width, int64_t ld_table,
                                    const int32_t* __restrict__ ids, E* __restrict__ out) {
+  RF_TRACE_START();
   pdl_wait();
+  RF_TRACE_WAITED();
   pdl_trigger();
   const E* src = table + (int64_t)ids[blockIdx.x] * ld_table;
   E* dst = out + (int64_t)blockIdx.x * width;
 #pragma unroll 4
   for (int64_t i = threadIdx.x; i < width; i += blockDim.x) dst[i] = src[i];
+  RF_TRACE_END(RF_TRACE_GATHER, 0);
 }
+
+RF_TRACE_SETTER(elementwise)
 
 template <typename E>
 __global__ void permute_kernel(const E* x, E* out, Dims4 out_shape, Dims4 in_strides) {

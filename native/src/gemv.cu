@@ -209,6 +209,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, U == 4 ? 2 : 1) gemv_one_kern
   const int half = p.n / 2;
   const int pairs = p.gated ? half : (p.n + 1) / 2;
   const int groups = (pairs + PER_BLOCK - 1) / PER_BLOCK;
+  RF_TRACE_START();
 
   uint4 wa[U], wb[U];
   const auto rows = [&](int pair, int* a, int* b) {
@@ -265,6 +266,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, U == 4 ? 2 : 1) gemv_one_kern
   }
   fetch_extra(group, true, false);
   pdl_wait();
+  RF_TRACE_WAITED();
   fetch_extra(group, false, true);
   uint4 xr[U];
 #pragma unroll
@@ -364,7 +366,10 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, U == 4 ? 2 : 1) gemv_one_kern
     fetch_extra(group + gridDim.x, true, true);
     if (SLICES > 1) __syncthreads();
   }
+  RF_TRACE_END(RF_TRACE_PRODUCT, ((p.k / 256) << 16) | (p.n / 16));
 }
+
+RF_TRACE_SETTER(gemv)
 
 static int multiprocessors() {
   static int count = 0;

@@ -22,3 +22,19 @@ extern "C" int rf_graph_launch_sync(void* exec, void* stream) {
   if (rc != cudaSuccess) return static_cast<int>(rc);
   return static_cast<int>(cudaStreamSynchronize(RF_STREAM(stream)));
 }
+
+#ifdef RF_TRACE
+int rf_trace_set_decode_attention(void* buf);
+int rf_trace_set_elementwise(void* buf);
+int rf_trace_set_gemv(void* buf);
+int rf_trace_set_sampling(void* buf);
+
+// Points every traced kernel at `buf` (null: none records), see RF_TRACE_END in common.cuh.
+extern "C" int rf_trace_set(void* buf) {
+  int rc = rf_trace_set_decode_attention(buf);
+  if (!rc) rc = rf_trace_set_elementwise(buf);
+  if (!rc) rc = rf_trace_set_gemv(buf);
+  if (!rc) rc = rf_trace_set_sampling(buf);
+  return rc;
+}
+#endif

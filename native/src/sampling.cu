@@ -24,7 +24,9 @@ static const int ARGMAX_U = 8;
 template <typename T, bool VECTORS>
 __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const T* x, int64_t ldx, int32_t* out,
                                                                  int64_t width) {
+  RF_TRACE_START();
   pdl_wait();
+  RF_TRACE_WAITED();
   pdl_trigger();
   const T* row = x + blockIdx.x * ldx;
   float best = -INFINITY;
@@ -77,7 +79,10 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const T* x, int6
     // A row of NaNs (nothing compares larger) picks 0, as the reference's strict comparison does.
     if (lane == 0) out[blockIdx.x] = (int32_t)(index < width ? index : 0);
   }
+  RF_TRACE_END(RF_TRACE_ARGMAX, 0);
 }
+
+RF_TRACE_SETTER(sampling)
 
 extern "C" int rf_argmax(int dtype, const void* x, int ldx, int32_t* out, int rows, int width,
                          void* stream) {
