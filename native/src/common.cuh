@@ -93,22 +93,38 @@ __device__ __forceinline__ unsigned long long rf_now() {
 // Set by rf_set_programmatic_launch (runtime.cu); effective only on compute capability 9.0 and up.
 extern int rf_programmatic;
 
-// Launches `kernel`, with programmatic stream serialization when it is switched on. Only kernels
+// Launches `kernel` with `shared` bytes of dynamic shared memory, in clusters of `cluster` blocks
+// along x (0: none), with programmatic stream serialization when it is switched on. Only kernels
 // that call pdl_wait() before touching activations may be launched through here.
 template <typename... Params, typename... Args>
-static inline int rf_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, cudaStream_t stream,
-                            Args... args) {
-  cudaLaunchAttribute attribute;
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
+static inline int rf_launch_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
+                                    unsigned cluster, cudaStream_t stream, Args... args) {
+  cudaLaunchAttribute attributes[2];
+  unsigned count = 0;
+  if (rf_programmatic) {
+    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[count++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster) {
+    attributes[count].id = cudaLaunchAttributeClusterDimension;
+    attributes[count].val.clusterDim.x = cluster;
+    attributes[count].val.clusterDim.y = 1;
+    attributes[count++].val.clusterDim.z = 1;
+  }
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = shared;
   config.stream = stream;
-  config.attrs = rf_programmatic ? &attribute : nullptr;
-  config.numAttrs = rf_programmatic ? 1 : 0;
+  config.attrs = count ? attributes : nullptr;
+  config.numAttrs = count;
   return static_cast<int>(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...));
+}
+
+template <typename... Params, typename... Args>
+static inline int rf_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, cudaStream_t stream,
+                            Args... args) {
+  return rf_launch_cluster(kernel, grid, block, shared, 0, stream, args...);
 }
 
 // Runs `body` with `T` bound to the element type of dtype code `dtype`.
