@@ -7,7 +7,7 @@ import { findLibrary, type LibrarySpec, overrideVariable } from "./discover.ts";
 import { buildNative, KERNELS_LIBRARY } from "../native/build.ts";
 
 export const KERNELS: LibrarySpec = { name: "kernels", files: ["librankflow_kernels.so"], cuda: false };
-export const ABI_VERSION = 4;
+export const ABI_VERSION = 5;
 
 const stream = "u64"; // void* stream (cudaStream_t)
 const dev = "u64"; // device pointer
@@ -24,6 +24,18 @@ export const symbols = {
       dev, // const int32_t* ids
       "i32", // int rows
       dev, // void* out
+      stream, // void* stream
+    ],
+    result: "i32",
+  },
+  rf_decode_advance: {
+    parameters: [
+      dev, // int32_t* ids_in
+      dev, // int32_t* pos
+      dev, // const int32_t* ids
+      "i32", // int rows
+      dev, // int32_t* history
+      dev, // int32_t* count
       stream, // void* stream
     ],
     result: "i32",

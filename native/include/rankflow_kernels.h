@@ -28,6 +28,10 @@ const char* rf_error_string(int code);
 /* out[r, :] = table[ids[r], :] for r < rows (rows of any element size: elem_bytes 2 or 4). */
 int rf_gather_rows(int elem_bytes, const void* table, int width, int ld_table, const int32_t* ids,
                    int rows, void* out, void* stream);
+/* The step after a greedy decode step, on the device: ids_in[r] = ids[r], pos[r] += 1 and
+ * history[*count * rows + r] = ids[r] for r < rows, then *count += 1 (one block; rows ≤ 1024). */
+int rf_decode_advance(int32_t* ids_in, int32_t* pos, const int32_t* ids, int rows, int32_t* history,
+                      int32_t* count, void* stream);
 int rf_rmsnorm(int dtype, const void* x, int ldx, const void* w, void* out, int rows, int width,
                float eps, void* stream);
 int rf_layernorm(int dtype, const void* x, int ldx, const void* w, const void* b, void* out, int rows,

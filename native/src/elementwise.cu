@@ -226,6 +226,28 @@ extern "C" int rf_gather_rows(int elem_bytes, const void* table, int width, int 
   }
 }
 
+__global__ void decode_advance_kernel(int32_t* ids_in, int32_t* pos, const int32_t* ids, int rows, int32_t* history,
+                                      int32_t* count) {
+  pdl_wait();
+  const int64_t n = *count;
+  __syncthreads();  // every thread has read the count before thread 0 moves it
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+    const int32_t id = ids[r];
+    ids_in[r] = id;
+    pos[r] += 1;
+    history[n * rows + r] = id;
+  }
+  if (threadIdx.x == 0) *count = (int32_t)n + 1;
+  pdl_trigger();
+}
+
+extern "C" int rf_decode_advance(int32_t* ids_in, int32_t* pos, const int32_t* ids, int rows, int32_t* history,
+                                 int32_t* count, void* stream) {
+  if (rows <= 0 || rows > 1024) return static_cast<int>(cudaErrorInvalidValue);
+  return rf_launch(decode_advance_kernel, dim3(1), dim3((unsigned)((rows + 31) / 32 * 32)), 0, RF_STREAM(stream),
+                   ids_in, pos, ids, rows, history, count);
+}
+
 extern "C" int rf_permute(int elem_bytes, const void* x, void* out, const int64_t* shape, const int64_t* perm,
                           void* stream) {
   int64_t strides[4];

@@ -3,7 +3,9 @@
 // the slot's cache up to itself, so prompts, decode tokens and sequences at different positions
 // mix freely. A decode step (one id per sequence) is captured once per batch-size bucket into a
 // CUDA graph that copies the step's ids in, runs every layer, picks the argmax and copies the ids
-// out; replaying it is one FFI call.
+// out; replaying it is one FFI call. decodeGreedy chains such steps on the device (a second graph
+// whose first kernel feeds the step before's argmax back in), so that the host launches many steps
+// without waiting for any and reads their ids once.
 
 import {
   checkStep,
@@ -45,6 +47,16 @@ interface Graph {
   logits: View;
 }
 
+/** Steps of a chain whose ids the device keeps until the host reads them after the chain's last. */
+export const CHAIN_STEPS = 64;
+
+/** decodeGreedy's ids on the device ([CHAIN_STEPS + 1][entries]), their count, and their pinned copy. */
+interface ChainBuffers {
+  history: bigint;
+  count: bigint;
+  host: { pointer: bigint; bytes: Uint8Array<ArrayBuffer> };
+}
+
 /** What a run hands back: every entry's logits, its argmax, or a token drawn by its choice. */
 type Pick = "logits" | "greedy" | SampleChoice[];
 
@@ -73,6 +85,9 @@ export class CudaSequences implements Sequences {
   #sampling = 0n;
   readonly #arena: bigint;
   readonly #graphs = new Map<number, Graph>();
+  /** Per bucket: the decode step that takes its ids from the step before (decodeGreedy). */
+  readonly #chained = new Map<number, Graph>();
+  #chain?: ChainBuffers;
   readonly #allocations: bigint[] = [];
   #disposed = false;
 
@@ -157,6 +172,158 @@ export class CudaSequences implements Sequences {
     return (await this.#run(batch, choices)).ids!;
   }
 
+  /**
+   * Greedy decode of `steps` tokens for each entry (one id each: its next input), the ids of each
+   * step fed to the next on the device: the host launches up to CHAIN_STEPS steps at once and
+   * reads their ids after the last, so no step waits for the host. Returns the ids step by step
+   * (ids[step][entry]), equal to what `steps` calls of greedy() would return.
+   */
+  // deno-lint-ignore require-await -- the device calls are synchronous; the contract is async
+  async decodeGreedy(batch: SequenceStep[], steps: number): Promise<number[][]> {
+    checkStep(batch, this);
+    this.#checkStarts(batch);
+    if (!Number.isInteger(steps) || steps < 1) {
+      throw new EngineError(`steps must be a whole number ≥ 1, not ${steps}`);
+    }
+    if (batch.length > this.#entries || batch.some((entry) => entry.ids.length !== 1)) {
+      throw new EngineError(`decodeGreedy takes one id for each of at most ${this.#entries} sequences`);
+    }
+    for (const entry of batch) {
+      if (entry.start + steps > this.maxLength) {
+        throw new EngineError(
+          `slot ${entry.slot}: ${steps} steps from position ${entry.start} pass the pool's ${this.maxLength} positions`,
+        );
+      }
+    }
+    const out: number[][] = [];
+    let entries = batch;
+    while (out.length < steps) {
+      const ids = this.#decodeChain(entries, Math.min(steps - out.length, CHAIN_STEPS + 1));
+      out.push(...ids);
+      for (const entry of entries) this.#lengths[entry.slot] = entry.start + ids.length;
+      const last = ids.at(-1)!;
+      entries = entries.map((entry, row) => ({
+        slot: entry.slot,
+        ids: [last[row]],
+        start: entry.start + ids.length,
+      }));
+    }
+    return out;
+  }
+
+  /** `count` greedy steps (at most CHAIN_STEPS + 1): the first from the host's ids, the rest chained. */
+  #decodeChain(batch: SequenceStep[], count: number): number[][] {
+    const bucket = nextPowerOfTwo(batch.length);
+    const layout = { tokens: bucket, entries: bucket };
+    const graph = this.#options.graphs ? this.#graphs.get(bucket) : undefined;
+    if (!graph || count === 1) {
+      // the first step of a bucket captures its graph; without graphs every step is its own
+      const first = this.#decode(batch, "greedy").ids!;
+      if (count === 1) return [first];
+      if (!this.#options.graphs) {
+        const rest = this.#decodeChain(
+          batch.map((entry, row) => ({ slot: entry.slot, ids: [first[row]], start: entry.start + 1 })),
+          count - 1,
+        );
+        return [first, ...rest];
+      }
+      return this.#launchChain(batch, bucket, layout, count, first);
+    }
+    return this.#launchChain(batch, bucket, layout, count);
+  }
+
+  /** Launches step 1 (unless `first` holds its ids already) and `count - 1` chained steps, then reads. */
+  #launchChain(
+    batch: SequenceStep[],
+    bucket: number,
+    layout: StepLayout,
+    count: number,
+    first?: number[],
+  ): number[][] {
+    const ctx = this.#engine.ctx;
+    const c = cudart();
+    const chain = this.#chainBuffers();
+    const chained = this.#chainedGraph(bucket, layout, chain);
+    if (!first) {
+      this.#fill(batch, layout);
+      checkCuda(c.cudaGraphLaunch(this.#graphs.get(bucket)!.exec, ctx.stream), "decode graph launch");
+    }
+    checkCuda(c.cudaMemsetAsync(chain.count, 0, 4n, ctx.stream), "cudaMemsetAsync");
+    for (let n = 1; n < count; n++) {
+      checkCuda(c.cudaGraphLaunch(chained.exec, ctx.stream), "chained step launch");
+    }
+    // history row n - 1 holds step n's ids (the ids each chained step started from); #ids the last step's
+    const rows = (count - 1) * bucket;
+    checkCuda(
+      c.cudaMemcpyAsync(chain.host.pointer, chain.history, BigInt(4 * rows), MEMCPY.deviceToHost, ctx.stream),
+      "copy of the chain's ids from the device",
+    );
+    checkCuda(
+      c.cudaMemcpyAsync(
+        chain.host.pointer + BigInt(4 * rows),
+        this.#ids,
+        BigInt(4 * bucket),
+        MEMCPY.deviceToHost,
+        ctx.stream,
+      ),
+      "copy of the ids from the device",
+    );
+    ctx.synchronize();
+    const all = new Int32Array(chain.host.bytes.buffer, 0, rows + bucket);
+    return Array.from(
+      { length: count },
+      (_, n) => Array.from(all.subarray(n * bucket, n * bucket + batch.length)),
+    );
+  }
+
+  #chainBuffers(): ChainBuffers {
+    if (!this.#chain) {
+      const ctx = this.#engine.ctx;
+      const history = ctx.alloc(4 * (CHAIN_STEPS + 1) * this.#entries);
+      this.#allocations.push(history);
+      const count = ctx.alloc(4);
+      this.#allocations.push(count);
+      this.#chain = { history, count, host: hostAlloc(4 * (CHAIN_STEPS + 1) * this.#entries) };
+    }
+    return this.#chain;
+  }
+
+  /** The decode step of a bucket whose first kernel takes the ids from the step before's argmax. */
+  #chainedGraph(bucket: number, layout: StepLayout, chain: ChainBuffers): Graph {
+    let graph = this.#chained.get(bucket);
+    if (graph) return graph;
+    const stream = this.#engine.ctx.stream;
+    this.#engine.ctx.synchronize();
+    let logits: View | undefined;
+    const captured = captureGraph(stream, () => {
+      const bound = this.#bind(this.#arena, layout, this.maxLength);
+      checkKernel(
+        kernels().rf_decode_advance(
+          this.#meta,
+          this.#meta + BigInt(4 * this.#tokens),
+          this.#ids,
+          bucket,
+          chain.history,
+          chain.count,
+          stream,
+        ),
+        "decode advance",
+      );
+      for (const launch of bound.launches) launch();
+      logits = bound.views.get("logits");
+      if (!logits) throw new EngineError("the graph has no output named logits");
+      const dtype = KERNEL_DTYPE[logits.dtype as "f32" | "f16" | "bf16"];
+      const [rows, vocab] = logits.shape;
+      checkKernel(
+        kernels().rf_argmax(dtype, logits.ptr, logits.ld, this.#ids, rows, vocab, stream),
+        "argmax",
+      );
+    });
+    graph = { ...captured, logits: logits! };
+    this.#chained.set(bucket, graph);
+    return graph;
+  }
+
   release(slot: number): void {
     if (slot >= 0 && slot < this.slots) this.#lengths[slot] = 0;
   }
@@ -166,8 +333,10 @@ export class CudaSequences implements Sequences {
     this.#disposed = true;
     const ctx = this.#engine.ctx;
     ctx.synchronize();
-    for (const graph of this.#graphs.values()) destroyGraph(graph);
+    for (const graph of [...this.#graphs.values(), ...this.#chained.values()]) destroyGraph(graph);
     this.#graphs.clear();
+    this.#chained.clear();
+    if (this.#chain) hostFree(this.#chain.host.pointer);
     for (const pointer of this.#allocations) ctx.free(pointer);
     hostFree(this.#host.pointer);
   }

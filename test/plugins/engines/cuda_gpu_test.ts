@@ -8,6 +8,7 @@ import { exportCheckpoint } from "../../../plugins/export/hf.ts";
 import { readGraphWeights } from "../../../core/ir/weights.ts";
 import { cudaBackend } from "../../../plugins/engines/cuda.ts";
 import type { CudaEngine } from "../../../plugins/engines/cuda/engine.ts";
+import { CHAIN_STEPS } from "../../../plugins/engines/cuda/sequences.ts";
 import { cpuBackend } from "../../../plugins/engines/cpu.ts";
 import { emptyCaches, generateGreedy, logitsOf, step } from "../../../core/runtime/generate.ts";
 import { type DType, toF32 } from "../../../core/ir/tensor.ts";
@@ -166,6 +167,49 @@ Deno.test({
       const eager = await run(false);
       deepStrictEqual(graphed.out, eager.out, `${name}: graph and eager decode picked different ids`);
       deepStrictEqual(graphed.last, eager.last, `${name}: graph and eager logits differ`);
+    }
+  },
+});
+
+Deno.test({
+  name: "gpu: decodeGreedy chains steps on the device and picks the ids of step-by-step greedy decode",
+  ignore: !gpu,
+  async fn() {
+    for (const [name, dtype] of CASES) {
+      using engine = await build(name, dtype);
+      // three sequences in a bucket of four (a padding row); more steps than one chain holds
+      const prompts = [[10, 200, 33, 71], [5, 17], [42, 99, 3, 250, 7, 128, 1]];
+      const steps = CHAIN_STEPS + 6;
+      const run = async (chained: boolean, graphs: boolean) => {
+        using pool = engine.sequences({ slots: 3, maxLength: 96, graphs });
+        const first = await pool.greedy(prompts.map((ids, slot) => ({ slot, ids, start: 0 })));
+        const entries = first.map((id, slot) => ({ slot, ids: [id], start: prompts[slot].length }));
+        if (chained) {
+          const ids = await pool.decodeGreedy(entries, steps);
+          // the pool's lengths moved on: one more greedy step continues where the chain ended
+          const next = await pool.greedy(
+            ids.at(-1)!.map((id, slot) => ({ slot, ids: [id], start: prompts[slot].length + steps })),
+          );
+          return [...ids, next];
+        }
+        const out: number[][] = [];
+        let tokens = first;
+        for (let n = 0; n <= steps; n++) {
+          tokens = await pool.greedy(
+            tokens.map((id, slot) => ({ slot, ids: [id], start: prompts[slot].length + n })),
+          );
+          out.push(tokens);
+        }
+        return out;
+      };
+      const stepwise = await run(false, true);
+      deepStrictEqual(await run(true, true), stepwise, `${name}: chained decode picked other ids`);
+      deepStrictEqual(
+        await run(true, false),
+        stepwise,
+        `${name}: chained decode without graphs picked other ids`,
+      );
+      ok(new Set(stepwise.flat()).size > 5, `${name}: the decode makes more than a few distinct tokens`);
     }
   },
 });
