@@ -65,6 +65,12 @@ export interface Sequences extends Disposable {
    * `choices[i]` for entry i. Optional: callers without it sample the logits of step on the host.
    */
   sample?(batch: SequenceStep[], choices: SampleChoice[]): Promise<number[]>;
+  /**
+   * `steps` greedy steps of entries that each hold one id, each step's ids the input of the next,
+   * without the host in between (the ids stay on the device). Returns ids[step][entry], what as
+   * many calls of greedy would return. Optional: callers without it call greedy step by step.
+   */
+  decodeGreedy?(batch: SequenceStep[], steps: number): Promise<number[][]>;
   /** Forgets the slot's cache; the slot may start a new sequence. */
   release(slot: number): void;
 }

@@ -3,7 +3,10 @@
 // joined together with one new token of every running request, so a long generation never holds
 // the others back and a short one leaves at once. Timeouts, cancellations (a client gone) and
 // engine failures end a request between steps and free its slot. Tokens are drawn where the pool
-// can (on the device), else from the step's logits here, by one rule and the same draws.
+// can (on the device), else from the step's logits here, by one rule and the same draws. While
+// every running request decodes greedily and none waits for a slot, a pool that chains greedy
+// steps on its device (decodeGreedy) runs up to DECODE_RUN of them in one call; a request that
+// stops within them leaves after the run, its later tokens unsent.
 
 import type { Tensor } from "../ir/tensor.ts";
 import type { SampleChoice, Sequences, SequenceStep } from "../runtime/sequences.ts";
@@ -42,6 +45,9 @@ interface Sequence {
   start: number;
   cancelled: boolean;
 }
+
+/** The most greedy steps one chained call runs (each request's remaining tokens bound it too). */
+export const DECODE_RUN = 8;
 
 const STEP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256];
@@ -180,9 +186,12 @@ export class Scheduler implements AsyncDisposable {
     const entries: SequenceStep[] = batch.map((s) => ({ slot: s.slot!, ids: s.next, start: s.start }));
     const samplers = batch.map((sequence) => sequence.request.sampler);
     const began = performance.now();
-    let result: number[] | Tensor;
+    let results: (number[] | Tensor)[];
     try {
-      result = await this.#stepPool(entries, samplers);
+      const run = this.#decodeRun(batch);
+      results = run > 1
+        ? await this.pool.decodeGreedy!(entries, run)
+        : [await this.#stepPool(entries, samplers)];
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       const failure = new ServeError(500, `the engine step failed: ${message}`, "engine_error", undefined, {
@@ -193,21 +202,40 @@ export class Scheduler implements AsyncDisposable {
       this.options.onEngineError?.(failure);
       return;
     }
-    this.#metrics.stepSeconds.observe((performance.now() - began) / 1000);
-    this.#metrics.stepBatch.observe(batch.length);
-    const tokens = Array.isArray(result) ? result : sampleRows(result, samplers);
-    batch.forEach((sequence, row) => {
-      if (sequence.start === 0) this.#metrics.promptTokens.inc({}, sequence.next.length);
-      const token = tokens[row];
-      this.#metrics.generatedTokens.inc();
-      sequence.stream.completionTokens++;
-      sequence.start += sequence.next.length;
-      sequence.next = [token];
-      if (sequence.request.stopIds?.includes(token)) return sequence.stream.finish("stop");
-      sequence.stream.push(token);
-      if (sequence.stream.completionTokens >= sequence.request.maxTokens) sequence.stream.finish("length");
-    });
+    const seconds = (performance.now() - began) / 1000 / results.length;
+    for (const result of results) {
+      this.#metrics.stepSeconds.observe(seconds);
+      this.#metrics.stepBatch.observe(batch.length);
+      const tokens = Array.isArray(result) ? result : sampleRows(result, samplers);
+      batch.forEach((sequence, row) => {
+        if (sequence.stream.ended) return; // stopped earlier in a chained run
+        if (sequence.start === 0) this.#metrics.promptTokens.inc({}, sequence.next.length);
+        const token = tokens[row];
+        this.#metrics.generatedTokens.inc();
+        sequence.stream.completionTokens++;
+        sequence.start += sequence.next.length;
+        sequence.next = [token];
+        if (sequence.request.stopIds?.includes(token)) return sequence.stream.finish("stop");
+        sequence.stream.push(token);
+        if (sequence.stream.completionTokens >= sequence.request.maxTokens) sequence.stream.finish("length");
+      });
+    }
     this.#dropEnded();
+  }
+
+  /**
+   * How many greedy steps to chain now: 1 unless the pool chains them, every running request
+   * decodes greedily (one id, past its prompt) and no request waits for a slot; then at most
+   * DECODE_RUN and no more than any request has tokens left.
+   */
+  #decodeRun(batch: Sequence[]): number {
+    if (!this.pool.decodeGreedy || this.#waiting.length > 0) return 1;
+    let run = DECODE_RUN;
+    for (const sequence of batch) {
+      if (sequence.start === 0 || sequence.next.length !== 1 || !isGreedy(sequence.request.sampler)) return 1;
+      run = Math.min(run, sequence.request.maxTokens - sequence.stream.completionTokens);
+    }
+    return Math.max(1, run);
   }
 
   /**

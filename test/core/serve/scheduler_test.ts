@@ -14,7 +14,7 @@ import {
   type Sampler,
   type SamplingOptions,
 } from "../../../core/serve/sampling.ts";
-import { Scheduler } from "../../../core/serve/scheduler.ts";
+import { DECODE_RUN, Scheduler } from "../../../core/serve/scheduler.ts";
 import type { TokenStream } from "../../../core/serve/token_stream.ts";
 
 const VOCAB = 50;
@@ -79,6 +79,23 @@ class SamplingPool extends CountingPool {
     this.choices.push(choices);
     const logits = (await this.step(batch)).data as Float32Array;
     return choices.map((choice, row) => this.pick(logits.subarray(row * VOCAB, (row + 1) * VOCAB), choice));
+  }
+}
+
+/** The sampling pool that also chains greedy steps, recording each chained run's length. */
+class ChainingPool extends SamplingPool {
+  runs: number[] = [];
+
+  async decodeGreedy(batch: SequenceStep[], steps: number): Promise<number[][]> {
+    this.runs.push(steps);
+    const out: number[][] = [];
+    let entries = batch;
+    for (let n = 0; n < steps; n++) {
+      const ids = argmaxRows(await this.step(entries));
+      out.push(ids);
+      entries = entries.map((entry, row) => ({ slot: entry.slot, ids: [ids[row]], start: entry.start + 1 }));
+    }
+    return out;
   }
 }
 
@@ -251,4 +268,40 @@ Deno.test("scheduler: seeded requests give the same tokens whether the engine or
     ),
     "the sampled rows leave the argmax somewhere",
   );
+});
+
+Deno.test("scheduler: greedy decode runs chained on a pool that chains, with the tokens of step-by-step", async () => {
+  const requests = [
+    { prompt: [1, 2], maxTokens: 20 },
+    { prompt: [30], maxTokens: 13, stopIds: [40] }, // stops at its 10th token, within a run
+    { prompt: [5], maxTokens: 3 },
+  ];
+  const serve = async (pool: SamplingPool) => {
+    await using batcher = scheduler(pool);
+    const streams = requests.map((request) => batcher.submit({ ...request, sampler: greedy }));
+    const tokens = await Promise.all(streams.map(read));
+    return { tokens, reasons: streams.map((stream) => stream.finishReason) };
+  };
+  const stepwise = await serve(new SamplingPool(4));
+  const pool = new ChainingPool(4);
+  deepStrictEqual(await serve(pool), stepwise);
+  deepStrictEqual(stepwise.reasons, ["length", "stop", "length"]);
+  // after the prompts' step: 2 (the third request's tokens left), 8, 8, then the last token alone
+  deepStrictEqual(pool.runs, [2, DECODE_RUN, DECODE_RUN]);
+  const rows = pool.steps.slice(1).map((step) => step.length);
+  deepStrictEqual(rows, [3, 3, ...Array(8).fill(2), ...Array(8).fill(1), 1]);
+});
+
+Deno.test("scheduler: a sampled request or one waiting for a slot keeps decode step by step", async () => {
+  const pool = new ChainingPool(1);
+  await using batcher = scheduler(pool);
+  const first = read(batcher.submit({ prompt: [1], maxTokens: 4, sampler: greedy }));
+  const second = read(batcher.submit({ prompt: [9], maxTokens: 4, sampler: greedy })); // waits for the slot
+  deepStrictEqual(await first, [2, 3, 4, 5]);
+  deepStrictEqual(pool.runs, [], "the first ran step by step while the second waited");
+  deepStrictEqual(await second, [10, 11, 12, 13]);
+  deepStrictEqual(pool.runs, [3], "the second, alone, chained its last three steps");
+  const sampled = counted({ temperature: 0.8, topK: 5, topP: 0.9, seed: 3 });
+  await read(batcher.submit({ prompt: [7], maxTokens: 4, sampler: sampled }));
+  deepStrictEqual(pool.runs, [3], "a sampled request never chains");
 });

@@ -12,7 +12,10 @@ import { CHAIN_STEPS } from "../../../plugins/engines/cuda/sequences.ts";
 import { cpuBackend } from "../../../plugins/engines/cpu.ts";
 import { emptyCaches, generateGreedy, logitsOf, step } from "../../../core/runtime/generate.ts";
 import { type DType, toF32 } from "../../../core/ir/tensor.ts";
-import { sampleLogits } from "../../../core/serve/sampling.ts";
+import { makeSampler, sampleLogits } from "../../../core/serve/sampling.ts";
+import { Scheduler } from "../../../core/serve/scheduler.ts";
+import { MetricsRegistry } from "../../../core/serve/metrics.ts";
+import type { Sequences } from "../../../core/runtime/sequences.ts";
 
 const FIXTURES = new URL("../../fixtures/", import.meta.url).pathname;
 
@@ -211,6 +214,54 @@ Deno.test({
       );
       ok(new Set(stepwise.flat()).size > 5, `${name}: the decode makes more than a few distinct tokens`);
     }
+  },
+});
+
+Deno.test({
+  name: "gpu: served greedy requests decode in chained runs and get the ids of step-by-step serving",
+  ignore: !gpu,
+  async fn() {
+    using engine = await build("tiny-llama", "f32");
+    const requests = [[10, 200, 33, 71], [5, 17], [42, 99, 3, 250, 7, 128, 1]].map((prompt, i) => ({
+      prompt,
+      maxTokens: [21, 14, 4][i], // ends fall on the runs' ends, so both ways run the same batches
+      sampler: makeSampler({ temperature: 0, topP: 1 }),
+    }));
+    const serve = async (chain: boolean) => {
+      using cuda = engine.sequences({ slots: 3, maxLength: 64 });
+      let runs = 0;
+      const pool: Sequences = {
+        slots: cuda.slots,
+        maxLength: cuda.maxLength,
+        step: (batch) => cuda.step(batch),
+        greedy: (batch) => cuda.greedy(batch),
+        release: (slot) => cuda.release(slot),
+        decodeGreedy: chain
+          ? (batch, steps) => {
+            runs++;
+            return cuda.decodeGreedy(batch, steps);
+          }
+          : undefined,
+        [Symbol.dispose]() {},
+      };
+      await using scheduler = new Scheduler(
+        pool,
+        { maxQueue: 8, maxPrefillTokens: 100, timeoutMs: 60_000 },
+        new MetricsRegistry(),
+      );
+      const streams = requests.map((request) => scheduler.submit(request));
+      const tokens = await Promise.all(streams.map(async (stream) => {
+        const out: number[] = [];
+        for await (const token of stream) out.push(token);
+        return out;
+      }));
+      return { tokens, runs };
+    };
+    const stepwise = await serve(false);
+    const chained = await serve(true);
+    deepStrictEqual(chained.tokens, stepwise.tokens);
+    deepStrictEqual(chained.tokens.map((t) => t.length), [21, 14, 4]);
+    ok(chained.runs >= 3, `${chained.runs} chained runs`);
   },
 });
 
