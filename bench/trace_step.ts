@@ -97,7 +97,9 @@ const median = (xs: number[]) => xs.length ? xs.sort((a, b) => a - b)[Math.floor
 
 function report(list: Launch[]): void {
   const zero = Math.min(...list.map((l) => l.start));
-  console.log(`| launch | blocks | start | first wait | last wait | end | (µs from the step's first block)`);
+  console.log("Launches, µs from the step's first block:");
+  console.log("| launch | blocks | start | first wait | last wait | end |");
+  console.log("|---|---:|---:|---:|---:|---:|");
   for (const l of list) {
     const cells = [l.start, l.waitFirst, l.waitLast, l.end].map((t) => us(t - zero));
     console.log(`| ${l.name.padEnd(9)} | ${String(l.blocks.length).padStart(4)} | ${cells.join(" | ")} |`);
