@@ -13,6 +13,7 @@ import {
   type SequenceEngine,
   type SequenceOptions,
   type Sequences,
+  type SequenceStep,
 } from "./sequences.ts";
 
 /** Where an engine came from, recorded in its engine file. */
@@ -83,7 +84,7 @@ export class CompiledEngine implements SequenceEngine {
         );
       }
     };
-    return {
+    const checked: Sequences = {
       slots: pool.slots,
       maxLength: pool.maxLength,
       step: async (batch) => {
@@ -97,6 +98,7 @@ export class CompiledEngine implements SequenceEngine {
       release: (slot) => pool.release(slot),
       [Symbol.dispose]: () => pool[Symbol.dispose](),
     };
+    return withOptional(checked, pool, check);
   }
 
   bind(groups: GroupResolver): this {
@@ -148,14 +150,21 @@ export class LazyEngine implements SequenceEngine {
   sequences(options: SequenceOptions): Sequences {
     let opened: Promise<Sequences> | undefined;
     const pool = () => opened ??= this.engine().then((engine) => openSequences(engine, options));
-    return {
+    // the engine's own draws and chained steps join the pool once it is open (after the first step)
+    const open = async () => {
+      const inner = await pool();
+      withOptional(lazy, inner);
+      return inner;
+    };
+    const lazy: Sequences = {
       slots: options.slots,
       maxLength: options.maxLength,
-      step: async (batch) => await (await pool()).step(batch),
-      greedy: async (batch) => await (await pool()).greedy(batch),
+      step: async (batch) => await (await open()).step(batch),
+      greedy: async (batch) => await (await open()).greedy(batch),
       release: (slot) => void opened?.then((inner) => inner.release(slot)),
       [Symbol.dispose]: () => void opened?.then((inner) => inner[Symbol.dispose]()),
     };
+    return lazy;
   }
 
   bind(groups: GroupResolver): this {
@@ -171,4 +180,29 @@ export class LazyEngine implements SequenceEngine {
     this.#disposed = true;
     this.#built?.then((engine) => engine[Symbol.dispose]()).catch(() => {});
   }
+}
+
+/**
+ * `outer` with the optional calls of `inner` (drawing on the device, chained greedy steps) where
+ * `inner` has them, each checked by `check` first; returns `outer`.
+ */
+function withOptional(
+  outer: Sequences,
+  inner: Sequences,
+  check: (batch: SequenceStep[]) => void = () => {},
+): Sequences {
+  const { sample, decodeGreedy } = inner;
+  if (sample && !outer.sample) {
+    outer.sample = async (batch, choices) => {
+      check(batch);
+      return await sample.call(inner, batch, choices);
+    };
+  }
+  if (decodeGreedy && !outer.decodeGreedy) {
+    outer.decodeGreedy = async (batch, steps) => {
+      check(batch);
+      return await decodeGreedy.call(inner, batch, steps);
+    };
+  }
+  return outer;
 }
