@@ -75,13 +75,25 @@ export async function generateGreedy(
   let tokens = await pool.greedy(prompts.map((ids, slot) => ({ slot, ids, start: 0 })));
   const lengths = prompts.map((prompt) => prompt.length);
   const generated: number[][] = prompts.map(() => []);
-  for (let n = 0; n < options.maxTokens; n++) {
-    tokens.forEach((token, row) => generated[row].push(token));
-    options.onToken?.(tokens);
-    if (n === options.maxTokens - 1) break;
-    tokens = await pool.greedy(
-      tokens.map((token, slot) => ({ slot, ids: [token], start: lengths[slot] + n })),
-    );
+  const emit = (step: number[]) => {
+    step.forEach((token, row) => generated[row].push(token));
+    options.onToken?.(step);
+  };
+  emit(tokens);
+  // the token made last goes in at the position after the ones before it; where the pool chains
+  // greedy steps on its device, up to GENERATE_RUN of them go in one call
+  for (let done = 1; done < options.maxTokens;) {
+    const entries = tokens.map((token, slot) => ({ slot, ids: [token], start: lengths[slot] + done - 1 }));
+    const run = Math.min(GENERATE_RUN, options.maxTokens - done);
+    const steps = pool.decodeGreedy && run > 1
+      ? await pool.decodeGreedy(entries, run)
+      : [await pool.greedy(entries)];
+    steps.forEach(emit);
+    done += steps.length;
+    tokens = steps.at(-1)!;
   }
   return generated;
 }
+
+/** Greedy steps generateGreedy chains in one call where the pool can (its tokens stream a run at a time). */
+const GENERATE_RUN = 16;

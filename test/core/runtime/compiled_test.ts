@@ -1,9 +1,11 @@
 // The pools of compiled and just-in-time engines pass on the engine pool's optional calls (drawing on
-// the device, chained greedy steps), checked like its steps, and only where the engine has them.
+// the device, chained greedy steps), checked like its steps, and only where the engine has them; and
+// generateGreedy chains greedy steps where the pool can.
 
 import { deepStrictEqual, ok, rejects, strictEqual } from "node:assert";
 import { f32 } from "../../../core/ir/tensor.ts";
 import { CompiledEngine, LazyEngine } from "../../../core/runtime/compiled.ts";
+import { generateGreedy } from "../../../core/runtime/generate.ts";
 import type { Engine } from "../../../core/runtime/engine.ts";
 import type {
   SampleChoice,
@@ -78,4 +80,19 @@ Deno.test("just-in-time engine: the optional calls join the pool once the engine
     .sequences({ slots: 2, maxLength: 32 });
   await plainPool.greedy([{ slot: 0, ids: [1], start: 0 }]);
   strictEqual(plainPool.decodeGreedy, undefined);
+});
+
+Deno.test("generateGreedy: chained runs where the pool chains, the tokens of step-by-step", async () => {
+  const log: string[] = [];
+  const prompts = [[1, 2], [5]];
+  const streamed: number[][] = [];
+  const chained = await generateGreedy(fakeEngine(true, log), prompts, {
+    maxTokens: 20,
+    onToken: (step) => streamed.push(step),
+  });
+  const stepwise = await generateGreedy(fakeEngine(false, log), prompts, { maxTokens: 20 });
+  deepStrictEqual(chained, stepwise);
+  deepStrictEqual(chained[0], Array.from({ length: 20 }, (_, i) => 3 + i));
+  deepStrictEqual(log, ["decodeGreedy 16", "decodeGreedy 3"]);
+  strictEqual(streamed.length, 20, "every step still streams its tokens");
 });
