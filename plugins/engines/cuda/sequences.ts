@@ -201,35 +201,26 @@ export class CudaSequences implements Sequences {
       const ids = this.#decodeChain(entries, Math.min(steps - out.length, CHAIN_STEPS + 1));
       out.push(...ids);
       for (const entry of entries) this.#lengths[entry.slot] = entry.start + ids.length;
-      const last = ids.at(-1)!;
-      entries = entries.map((entry, row) => ({
-        slot: entry.slot,
-        ids: [last[row]],
-        start: entry.start + ids.length,
-      }));
+      entries = nextSteps(entries, ids.at(-1)!, ids.length);
     }
     return out;
   }
 
   /** `count` greedy steps (at most CHAIN_STEPS + 1): the first from the host's ids, the rest chained. */
   #decodeChain(batch: SequenceStep[], count: number): number[][] {
-    const bucket = nextPowerOfTwo(batch.length);
-    const layout = { tokens: bucket, entries: bucket };
-    const graph = this.#options.graphs ? this.#graphs.get(bucket) : undefined;
-    if (!graph || count === 1) {
-      // the first step of a bucket captures its graph; without graphs every step is its own
-      const first = this.#decode(batch, "greedy").ids!;
-      if (count === 1) return [first];
-      if (!this.#options.graphs) {
-        const rest = this.#decodeChain(
-          batch.map((entry, row) => ({ slot: entry.slot, ids: [first[row]], start: entry.start + 1 })),
-          count - 1,
-        );
-        return [first, ...rest];
+    if (!this.#options.graphs) {
+      // without graphs every step is its own
+      const ids: number[][] = [];
+      for (let entries = batch; ids.length < count; entries = nextSteps(entries, ids.at(-1)!, 1)) {
+        ids.push(this.#decode(entries, "greedy").ids!);
       }
-      return this.#launchChain(batch, bucket, layout, count, first);
+      return ids;
     }
-    return this.#launchChain(batch, bucket, layout, count);
+    const bucket = nextPowerOfTwo(batch.length);
+    // the first step of a bucket runs eagerly and captures the bucket's graph
+    const first = !this.#graphs.has(bucket) || count === 1 ? this.#decode(batch, "greedy").ids! : undefined;
+    if (count === 1) return [first!];
+    return this.#launchChain(batch, bucket, { tokens: bucket, entries: bucket }, count, first);
   }
 
   /** Launches step 1 (unless `first` holds its ids already) and `count - 1` chained steps, then reads. */
@@ -312,12 +303,7 @@ export class CudaSequences implements Sequences {
       for (const launch of bound.launches) launch();
       logits = bound.views.get("logits");
       if (!logits) throw new EngineError("the graph has no output named logits");
-      const dtype = KERNEL_DTYPE[logits.dtype as "f32" | "f16" | "bf16"];
-      const [rows, vocab] = logits.shape;
-      checkKernel(
-        kernels().rf_argmax(dtype, logits.ptr, logits.ld, this.#ids, rows, vocab, stream),
-        "argmax",
-      );
+      this.#argmax(logits, stream);
     });
     graph = { ...captured, logits: logits! };
     this.#chained.set(bucket, graph);
@@ -484,10 +470,7 @@ export class CudaSequences implements Sequences {
     const logits = bound.views.get("logits");
     if (!logits) throw new EngineError("the graph has no output named logits");
     if (greedy) {
-      const k = kernels();
-      const dtype = KERNEL_DTYPE[logits.dtype as "f32" | "f16" | "bf16"];
-      const [rows, vocab] = logits.shape;
-      checkKernel(k.rf_argmax(dtype, logits.ptr, logits.ld, this.#ids, rows, vocab, stream), "argmax");
+      const rows = this.#argmax(logits, stream);
       checkCuda(
         c.cudaMemcpyAsync(
           this.#host.pointer + BigInt(metaBytes),
@@ -659,6 +642,14 @@ export class CudaSequences implements Sequences {
     return totals;
   }
 
+  /** Queues each row's argmax of the logits into the ids; returns the rows. */
+  #argmax(logits: View, stream: bigint): number {
+    const dtype = KERNEL_DTYPE[logits.dtype as "f32" | "f16" | "bf16"];
+    const [rows, vocab] = logits.shape;
+    checkKernel(kernels().rf_argmax(dtype, logits.ptr, logits.ld, this.#ids, rows, vocab, stream), "argmax");
+    return rows;
+  }
+
   /** Where the pinned buffer holds the ids after the step buffer, and the choices after them. */
   get #idsAt(): number {
     return 4 * (3 * this.#tokens + this.#entries);
@@ -683,6 +674,11 @@ export class CudaSequences implements Sequences {
     const values = all.data as Float32Array;
     return Array.from({ length: count }, (_, row) => values.slice(row * logits.ld, row * logits.ld + vocab));
   }
+}
+
+/** The entries' next decode steps: `ids` in, `by` positions on. */
+function nextSteps(batch: SequenceStep[], ids: number[], by: number): SequenceStep[] {
+  return batch.map((entry, row) => ({ slot: entry.slot, ids: [ids[row]], start: entry.start + by }));
 }
 
 function nextPowerOfTwo(n: number): number {
