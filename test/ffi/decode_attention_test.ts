@@ -8,7 +8,7 @@ import { gpu } from "./gpu.ts";
 import { check, cudart, deviceAlloc, deviceFree, download, upload } from "../../ffi/cuda.ts";
 import { check as checkKernel, KERNEL_DTYPE, kernels } from "../../ffi/kernels.ts";
 import { type DType, tensor, toF32 } from "../../core/ir/tensor.ts";
-import { noise, stored } from "./values.ts";
+import { attentionValues, noise, stored } from "./values.ts";
 
 const round = (values: number[], dtype: DType) => Array.from(stored(Float32Array.from(values), dtype).seen);
 
@@ -31,14 +31,8 @@ Deno.test({
         const draw = noise(headDim * 31 + dtype.length);
         const half = headDim / 2;
         const scale = 1 / Math.sqrt(headDim);
-        const qRow = heads * headDim, kvRow = kvHeads * headDim;
-        const q = stored(Float32Array.from({ length: tokens * qRow }, draw), dtype);
-        const k = stored(Float32Array.from({ length: tokens * kvRow }, draw), dtype);
-        const v = stored(Float32Array.from({ length: tokens * kvRow }, draw), dtype);
-        const cacheSize = cacheSlots * kvHeads * maxLen * headDim;
-        const kCache = stored(Float32Array.from({ length: cacheSize }, draw), dtype);
-        const vCache = stored(Float32Array.from({ length: cacheSize }, draw), dtype);
-        const at = (slot: number, kvh: number, j: number) => ((slot * kvHeads + kvh) * maxLen + j) * headDim;
+        const shape = { tokens, heads, kvHeads, headDim, cacheSlots, maxLen };
+        const { qRow, kvRow, cacheSize, q, k, v, kCache, vCache, at } = attentionValues(draw, dtype, shape);
 
         // The reference: rotate q and the new k (f64 angles, then rounded as the kernel rounds),
         // attend over the cached keys before the position and the new one.

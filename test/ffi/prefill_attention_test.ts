@@ -9,7 +9,7 @@ import { gpu } from "./gpu.ts";
 import { check, cudart, deviceAlloc, deviceFree, download, upload } from "../../ffi/cuda.ts";
 import { check as checkKernel, KERNEL_DTYPE, kernels } from "../../ffi/kernels.ts";
 import { type DType, tensor, toF32 } from "../../core/ir/tensor.ts";
-import { noise, stored } from "./values.ts";
+import { attentionValues, noise } from "./values.ts";
 
 Deno.test({
   name: "gpu: rf_attention of a prefill run equals attention over the caches, for head sizes 16 to 128",
@@ -30,14 +30,8 @@ Deno.test({
       for (const headDim of [16, 32, 64, 128]) {
         const draw = noise(headDim * 17 + dtype.length);
         const scale = 1 / Math.sqrt(headDim);
-        const qRow = heads * headDim, kvRow = kvHeads * headDim;
-        const q = stored(Float32Array.from({ length: tokens * qRow }, draw), dtype);
-        const k = stored(Float32Array.from({ length: tokens * kvRow }, draw), dtype);
-        const v = stored(Float32Array.from({ length: tokens * kvRow }, draw), dtype);
-        const cacheSize = cacheSlots * kvHeads * maxLen * headDim;
-        const kCache = stored(Float32Array.from({ length: cacheSize }, draw), dtype);
-        const vCache = stored(Float32Array.from({ length: cacheSize }, draw), dtype);
-        const at = (slot: number, kvh: number, j: number) => ((slot * kvHeads + kvh) * maxLen + j) * headDim;
+        const shape = { tokens, heads, kvHeads, headDim, cacheSlots, maxLen };
+        const { qRow, kvRow, cacheSize, q, k, v, kCache, vCache, at } = attentionValues(draw, dtype, shape);
 
         // The caches as the run leaves them: each token's k and v at its slot and position.
         const kWant = Float32Array.from(kCache.seen), vWant = Float32Array.from(vCache.seen);

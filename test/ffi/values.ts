@@ -16,3 +16,31 @@ export function stored(values: Float32Array, dtype: DType): { bytes: ArrayBuffer
   const cast = castTensor(tensor("f32", [values.length], values), dtype);
   return { bytes: cast.data, seen: toF32(cast) };
 }
+
+/** The sizes of an attention test: its tokens and heads, and its caches' slots and positions. */
+export interface AttentionShape {
+  tokens: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  cacheSlots: number;
+  maxLen: number;
+}
+
+/**
+ * q, k and v of each token and the k and v caches (drawn in that order from `draw`), as `dtype`
+ * stores them; `at` is where a slot's kv head's position starts in a cache of `cacheSize` values.
+ */
+export function attentionValues(draw: () => number, dtype: DType, shape: AttentionShape) {
+  const { tokens, heads, kvHeads, headDim, cacheSlots, maxLen } = shape;
+  const qRow = heads * headDim, kvRow = kvHeads * headDim;
+  const values = (length: number) => stored(Float32Array.from({ length }, draw), dtype);
+  const q = values(tokens * qRow);
+  const k = values(tokens * kvRow);
+  const v = values(tokens * kvRow);
+  const cacheSize = cacheSlots * kvHeads * maxLen * headDim;
+  const kCache = values(cacheSize);
+  const vCache = values(cacheSize);
+  const at = (slot: number, kvh: number, j: number) => ((slot * kvHeads + kvh) * maxLen + j) * headDim;
+  return { qRow, kvRow, cacheSize, q, k, v, kCache, vCache, at };
+}
