@@ -173,24 +173,56 @@ __device__ __forceinline__ void mma_16816(float* c, uint32_t a0, uint32_t a1, ui
 }
 #undef RF_MMA_16816
 
+// ldmatrix: 8×8 matrices of 16-bit elements from shared memory, rows 16 bytes aligned. Lanes 0-7
+// give the rows of the first matrix, 8-15 of the second, and so on; lane l gets row l / 4, elements
+// 2 (l % 4) and one more of each (of the transposed matrix with trans).
+__device__ __forceinline__ void ldsm_x4(const void* row, uint32_t* r, bool trans = false) {
+  const unsigned at = (unsigned)__cvta_generic_to_shared(row);
+  if (trans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(at));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(at));
+  }
+}
+
+__device__ __forceinline__ void ldsm_x2(const void* row, uint32_t* r) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"((unsigned)__cvta_generic_to_shared(row)));
+}
+
 // Copies `keys` contiguous rows of head_dim elements (at most ROWS × MAX_DIM in all) into shared
-// rows `row_stride` apart: each of THREADS threads issues all its 16-byte loads before its first
-// store, so that they are in flight together. row_stride is even, so rows are 4-byte aligned and
-// the 16 bytes go as four words.
+// rows `row_stride` apart, in two halves: fetch_rows issues a thread's 16-byte loads into `held`
+// (all in flight together), put_rows stores them. row_stride is even, so rows are 4-byte aligned
+// and the 16 bytes go as four words. load_rows is the two in a row.
 template <typename T, int ROWS, int MAX_DIM, int THREADS>
-__device__ __forceinline__ void load_rows(const T* src, T* rows, int keys, int head_dim, int row_stride) {
-  constexpr int V = 16 / sizeof(T);
-  constexpr int MAX_UNITS = ROWS * MAX_DIM / V / THREADS;
-  const int per_row = head_dim / V;
-  const int units = keys * per_row;
-  uint4 held[MAX_UNITS];
+struct RowUnits {
+  static constexpr int COUNT = ROWS * MAX_DIM / (16 / sizeof(T)) / THREADS;  // 16-byte units a thread holds
+};
+
+template <typename T, int ROWS, int MAX_DIM, int THREADS>
+__device__ __forceinline__ void fetch_rows(const T* src, uint4 (&held)[RowUnits<T, ROWS, MAX_DIM, THREADS>::COUNT],
+                                           int keys, int head_dim) {
+  const int units = keys * (head_dim / (16 / (int)sizeof(T)));
 #pragma unroll
-  for (int p = 0; p < MAX_UNITS; p++) {
+  for (int p = 0; p < RowUnits<T, ROWS, MAX_DIM, THREADS>::COUNT; p++) {
     const int unit = threadIdx.x + p * THREADS;
     if (unit < units) held[p] = __ldg(reinterpret_cast<const uint4*>(src) + unit);
   }
+}
+
+template <typename T, int ROWS, int MAX_DIM, int THREADS>
+__device__ __forceinline__ void put_rows(const uint4 (&held)[RowUnits<T, ROWS, MAX_DIM, THREADS>::COUNT], T* rows,
+                                         int keys, int head_dim, int row_stride) {
+  constexpr int V = 16 / sizeof(T);
+  const int per_row = head_dim / V;
+  const int units = keys * per_row;
 #pragma unroll
-  for (int p = 0; p < MAX_UNITS; p++) {
+  for (int p = 0; p < RowUnits<T, ROWS, MAX_DIM, THREADS>::COUNT; p++) {
     const int unit = threadIdx.x + p * THREADS;
     if (unit < units) {
       const int j = unit / per_row;
@@ -202,6 +234,13 @@ __device__ __forceinline__ void load_rows(const T* src, T* rows, int keys, int h
       dst[3] = held[p].w;
     }
   }
+}
+
+template <typename T, int ROWS, int MAX_DIM, int THREADS>
+__device__ __forceinline__ void load_rows(const T* src, T* rows, int keys, int head_dim, int row_stride) {
+  uint4 held[RowUnits<T, ROWS, MAX_DIM, THREADS>::COUNT];
+  fetch_rows<T, ROWS, MAX_DIM, THREADS>(src, held, keys, head_dim);
+  put_rows<T, ROWS, MAX_DIM, THREADS>(held, rows, keys, head_dim, row_stride);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -8,11 +8,24 @@
 // - leaves a partial softmax (max, sum, weighted values) per q head; the last block of the token's
 //   kv head to finish merges the chunks (a counter per token and kv head, which the merging block
 //   resets to 0: the counters must start zeroed once, and be used by nothing else).
-// The numerics are those of rf_qkv_prepare followed by rf_attention: q and k are rounded to the
-// dtype after rotation, scores and softmax are f32.
+// q and k are rounded to the dtype after rotation, as rf_qkv_prepare rounds them; scores and
+// softmax are f32. In f16 and bf16 at head sizes that are multiples of 16 the scores and weighted
+// values go through tensor cores (mma.m16n8k16, f32 accumulators): 16 keys (or 16 dims of the
+// values) as M, the group's q heads, at most 8 and padded with zero rows, as N. q is then scaled
+// after its product instead of before, and the softmax weights are rounded to the dtype, as in
+// prefill attention; f32 and other head sizes take the scalar path (MMA false).
+#include <algorithm>
+
 #include "common.cuh"
 
 static const int DTHREADS = 256;
+// 128-key chunks (many tokens) in at most 80 registers, three blocks a multiprocessor (a traced
+// build needs more registers)
+#ifdef RF_TRACE
+#define DECODE_MANY_BLOCKS 1
+#else
+#define DECODE_MANY_BLOCKS 3
+#endif
 static const int MIN_KEYS = 64;  // keys per block: 64, or 128 where tokens × kv heads fill the GPU
 static const int MAX_GROUP = 8;
 static const int MAX_HEAD_DIM = 128;
@@ -24,18 +37,42 @@ __device__ __noinline__ void decode_rope_angle(int64_t p, int i, int head_dim, f
   sincosf((float)p * inverse, s, c);
 }
 
-template <typename T, int KEYS>
-__global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
+// A merge of partial softmaxes in progress: the running max, and the sum of weights and 4 weighted
+// values scaled to it.
+struct Merging {
+  float m = -INFINITY, total = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+
+  __device__ __forceinline__ void add(float part_max, float part_sum, const float* values) {
+    if (part_max == -INFINITY) return;
+    const float next = fmaxf(m, part_max);
+    const float keep = m == -INFINITY ? 0.f : __expf(m - next);
+    const float w = __expf(part_max - next);
+    total = total * keep + part_sum * w;
+#pragma unroll
+    for (int e = 0; e < 4; e++) acc[e] = acc[e] * keep + values[e] * w;
+    m = next;
+  }
+};
+
+template <typename T, int KEYS, bool MMA>
+__global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? 1 : DECODE_MANY_BLOCKS) decode_attention_kernel(
     const T* q, int64_t ldq, const T* k, int64_t ldk, const T* v, int64_t ldv, T* k_cache, T* v_cache,
     const int32_t* slots, const int32_t* cache_pos, const int32_t* rope_pos, int64_t rope_period, int rope_q,
     int rope_k, float theta, int heads, int kv_heads, int head_dim, int64_t max_len, float scale, float* scratch,
     int* counters, T* out) {
   extern __shared__ __align__(16) unsigned char decode_shared[];
   const int group = heads / kv_heads;
-  const int row_stride = head_dim + 2;
-  float* q_tile = reinterpret_cast<float*>(decode_shared);  // [group][head_dim]
-  float* scores = q_tile + group * head_dim;                 // [group][KEYS]
-  T* k_rows = reinterpret_cast<T*>(scores + group * KEYS);   // [KEYS][head_dim + 2]
+  // shared: scores, f32 [group][KEYS]; then on the scalar path q, f32 [group][head_dim], and the
+  // cached rows, T [KEYS][head_dim + 2]; with MMA q and the weights, T [MAX_GROUP][head_dim + 8] and
+  // [MAX_GROUP][KEYS + 8], and the cached rows, T [KEYS][head_dim + 8] (rows 16-byte aligned, as
+  // ldmatrix wants them). The merge reuses the rows' room.
+  const int row_stride = MMA ? head_dim + 8 : head_dim + 2;
+  const int q_stride = head_dim + 8, p_stride = KEYS + 8;
+  float* scores = reinterpret_cast<float*>(decode_shared);
+  float* q_tile = scores + group * KEYS;
+  T* q_mma = reinterpret_cast<T*>(q_tile);
+  T* p_mma = q_mma + MAX_GROUP * q_stride;
+  T* k_rows = MMA ? p_mma + MAX_GROUP * p_stride : reinterpret_cast<T*>(q_tile + group * head_dim);
   T* v_rows = k_rows + KEYS * row_stride;
   __shared__ bool last_block;
   __shared__ float rot_cos[MAX_HEAD_DIM / 2], rot_sin[MAX_HEAD_DIM / 2];
@@ -61,6 +98,16 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
   const bool own = pos < key_start + KEYS;  // this chunk holds the token's own position
   const int earlier = own ? keys - 1 : keys;
   const int half = head_dim / 2;
+  // With 64-key chunks (few tokens) the cached keys' and values' loads go out first, together, and
+  // the rotation's angles are worked out while they are in flight. 128-key chunks (many tokens)
+  // load them after: holding both would take registers enough to cost resident blocks.
+  using Units = RowUnits<T, KEYS, MAX_HEAD_DIM, DTHREADS>;
+  constexpr bool ahead = KEYS == MIN_KEYS;
+  uint4 cached_k[ahead ? Units::COUNT : 1], cached_v[ahead ? Units::COUNT : 1];
+  if constexpr (ahead) {
+    fetch_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(k_cache + cache_row, cached_k, earlier, head_dim);
+    fetch_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(v_cache + cache_row, cached_v, earlier, head_dim);
+  }
   if (rope_q || rope_k) {
     // positions, like slots and cache positions, are copied in before the step's first kernel
     const int64_t p = rope_pos[t % rope_period];
@@ -68,8 +115,23 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
       decode_rope_angle(p, d, head_dim, theta, &rot_cos[d], &rot_sin[d]);
     }
   }
-  load_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(k_cache + cache_row, k_rows, earlier, head_dim, row_stride);
-  load_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(v_cache + cache_row, v_rows, earlier, head_dim, row_stride);
+  if constexpr (ahead) {
+    put_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(cached_k, k_rows, earlier, head_dim, row_stride);
+    put_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(cached_v, v_rows, earlier, head_dim, row_stride);
+  } else {
+    load_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(k_cache + cache_row, k_rows, earlier, head_dim, row_stride);
+    load_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(v_cache + cache_row, v_rows, earlier, head_dim, row_stride);
+  }
+  if constexpr (MMA) {
+    // Zeros where the products read past what the block holds: value rows past its keys (their
+    // weights are 0, and 0 × garbage could be NaN), and the q and weight rows past the group.
+    const auto zero = [](T* rows, int count) {
+      for (int w = threadIdx.x; w < count / 2; w += DTHREADS) reinterpret_cast<uint32_t*>(rows)[w] = 0u;
+    };
+    zero(v_rows + keys * row_stride, (KEYS - keys) * row_stride);
+    zero(q_mma + group * q_stride, (MAX_GROUP - group) * q_stride);
+    zero(p_mma + group * p_stride, (MAX_GROUP - group) * p_stride);
+  }
   __syncthreads();
   pdl_wait();
   RF_TRACE_WAITED();
@@ -91,8 +153,13 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
         a = ra;
         b = rb;
       }
-      q_tile[i * head_dim + d] = to_f32(from_f32<T>(a)) * scale;
-      q_tile[i * head_dim + d + half] = to_f32(from_f32<T>(b)) * scale;
+      if constexpr (MMA) {
+        q_mma[i * q_stride + d] = from_f32<T>(a);
+        q_mma[i * q_stride + d + half] = from_f32<T>(b);
+      } else {
+        q_tile[i * head_dim + d] = to_f32(from_f32<T>(a)) * scale;
+        q_tile[i * head_dim + d + half] = to_f32(from_f32<T>(b)) * scale;
+      }
       continue;
     }
     const int d = idx - q_items;
@@ -122,27 +189,46 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
   RF_TRACE_MARK(0);
   pdl_trigger();
 
-  for (int idx = threadIdx.x; idx < group * KEYS; idx += DTHREADS) {
-    const int i = idx / KEYS;
-    const int j = idx - i * KEYS;
-    float s = -INFINITY;
-    if (j < keys) {
-      const float* qi = q_tile + i * head_dim;
-      const T* kj = k_rows + j * row_stride;
-      float even = 0.f, odd = 0.f;
-      for (int d = 0; d < head_dim; d += 2) {
-        even += qi[d] * to_f32(kj[d]);
-        odd += qi[d + 1] * to_f32(kj[d + 1]);
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2, pair = 2 * (lane & 3);  // an mma accumulator's rows g, g + 8, columns pair, pair + 1
+  if constexpr (MMA) {
+    // scores^T (16 keys × 8 heads a warp) = keys (16 × head_dim) · q^T
+    for (int tile = warp; tile < KEYS / 16; tile += DTHREADS / 32) {
+      float c[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int d0 = 0; d0 < head_dim; d0 += 16) {
+        uint32_t a[4], b[2];
+        ldsm_x4(k_rows + (tile * 16 + (lane & 15)) * row_stride + d0 + (lane >> 4) * 8, a);
+        ldsm_x2(q_mma + (lane & 7) * q_stride + d0 + ((lane >> 3) & 1) * 8, b);
+        mma_16816(c, a[0], a[1], a[2], a[3], b[0], b[1], T());
       }
-      s = even + odd;
+#pragma unroll
+      for (int r = 0; r < 4; r++) {
+        const int j = tile * 16 + g + (r >> 1) * 8, i = pair + (r & 1);
+        if (i < group) scores[i * KEYS + j] = j < keys ? c[r] * scale : -INFINITY;
+      }
     }
-    scores[idx] = s;
+  } else {
+    for (int idx = threadIdx.x; idx < group * KEYS; idx += DTHREADS) {
+      const int i = idx / KEYS;
+      const int j = idx - i * KEYS;
+      float s = -INFINITY;
+      if (j < keys) {
+        const float* qi = q_tile + i * head_dim;
+        const T* kj = k_rows + j * row_stride;
+        float even = 0.f, odd = 0.f;
+        for (int d = 0; d < head_dim; d += 2) {
+          even += qi[d] * to_f32(kj[d]);
+          odd += qi[d + 1] * to_f32(kj[d + 1]);
+        }
+        s = even + odd;
+      }
+      scores[idx] = s;
+    }
   }
   __syncthreads();
   RF_TRACE_MARK(1);
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int partial = head_dim + 2;
+  const int partial = head_dim + 4;  // max, sum, two unused, weighted values: 16-byte aligned
   const auto partial_of = [&](int i, int c) -> float* {
     return scratch + ((t * heads + kvh * group + i) * (int64_t)chunks + c) * partial;
   };
@@ -154,24 +240,44 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
     float sum = 0.f;
     for (int j = lane; j < KEYS; j += 32) {
       const float e = j < keys ? __expf(row[j] - m) : 0.f;
-      row[j] = e;
+      if constexpr (MMA) {
+        p_mma[i * p_stride + j] = from_f32<T>(e);
+      } else {
+        row[j] = e;
+      }
       sum += e;
     }
     sum = warp_sum(sum);
-    if (lane == 0) {
-      partial_of(i, chunk)[0] = m;
-      partial_of(i, chunk)[1] = sum;
-    }
+    if (lane == 0) *reinterpret_cast<float2*>(partial_of(i, chunk)) = make_float2(m, sum);
   }
   __syncthreads();
   RF_TRACE_MARK(2);
-  for (int idx = threadIdx.x; idx < group * head_dim; idx += DTHREADS) {
-    const int i = idx / head_dim;
-    const int d = idx - i * head_dim;
-    const float* weights = scores + i * KEYS;
-    float acc = 0.f;
-    for (int j = 0; j < keys; j++) acc += weights[j] * to_f32(v_rows[j * row_stride + d]);
-    partial_of(i, chunk)[2 + d] = acc;
+  if constexpr (MMA) {
+    // weighted values^T (16 dims × 8 heads a warp) = values^T (16 × keys, through ldmatrix.trans) · weights^T
+    for (int tile = warp; tile < head_dim / 16; tile += DTHREADS / 32) {
+      float c[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int j0 = 0; j0 < keys; j0 += 16) {
+        uint32_t a[4], b[2];
+        ldsm_x4(v_rows + (j0 + (lane & 7) + (lane >> 4) * 8) * row_stride + tile * 16 + ((lane >> 3) & 1) * 8, a,
+                true);
+        ldsm_x2(p_mma + (lane & 7) * p_stride + j0 + ((lane >> 3) & 1) * 8, b);
+        mma_16816(c, a[0], a[1], a[2], a[3], b[0], b[1], T());
+      }
+#pragma unroll
+      for (int r = 0; r < 4; r++) {
+        const int d = tile * 16 + g + (r >> 1) * 8, i = pair + (r & 1);
+        if (i < group) partial_of(i, chunk)[4 + d] = c[r];
+      }
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < group * head_dim; idx += DTHREADS) {
+      const int i = idx / head_dim;
+      const int d = idx - i * head_dim;
+      const float* weights = scores + i * KEYS;
+      float acc = 0.f;
+      for (int j = 0; j < keys; j++) acc += weights[j] * to_f32(v_rows[j * row_stride + d]);
+      partial_of(i, chunk)[4 + d] = acc;
+    }
   }
 
   // The last of the `used` blocks of this token and kv head merges their partials.
@@ -191,37 +297,54 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
   RF_TRACE_MARK(4);
   __threadfence();
   RF_TRACE_MARK(5);
-  // One pass over the chunks with a running max, 8 chunks' loads in flight at a time.
+  // A thread takes 4 values of one q head (16-byte loads) and every ways-th chunk, in one pass with a
+  // running max, 8 of its chunks' loads in flight at a time. Where there are more chunks than that,
+  // the threads split them (ways > 1), and the parts of each 4 values merge in shared memory (in the
+  // rows' room), in a fixed order.
   constexpr int AHEAD = 8;
-  for (int idx = threadIdx.x; idx < group * head_dim; idx += DTHREADS) {
-    const int i = idx / head_dim;
-    const int d = idx - i * head_dim;
-    float m = -INFINITY, total = 0.f, acc = 0.f;
-    for (int c0 = 0; c0 < used; c0 += AHEAD) {
-      float mc[AHEAD], sc[AHEAD], ac[AHEAD];
+  const int vecs = group * head_dim / 4;  // at most DTHREADS
+  const int ways = used <= AHEAD ? 1 : DTHREADS / vecs;
+  const int vec = threadIdx.x % vecs, way = threadIdx.x / vecs;
+  const int i = 4 * vec / head_dim, d = 4 * vec - i * head_dim;
+  float* parts = reinterpret_cast<float*>(k_rows);  // [ways][vecs][6]: max, sum, 4 weighted values
+  T* dst = out + (t * heads + kvh * group) * (int64_t)head_dim + 4 * vec;
+  if (way < ways) {
+    Merging merging;
+    for (int c0 = way; c0 < used; c0 += ways * AHEAD) {
+      float2 ms[AHEAD];
+      float4 ac[AHEAD];
 #pragma unroll
       for (int j = 0; j < AHEAD; j++) {
-        mc[j] = -INFINITY;
-        sc[j] = ac[j] = 0.f;
-        if (c0 + j < used) {
-          const float* part = partial_of(i, c0 + j);
-          mc[j] = __ldcg(part);
-          sc[j] = __ldcg(part + 1);
-          ac[j] = __ldcg(part + 2 + d);
+        const int c = c0 + j * ways;
+        ms[j] = make_float2(-INFINITY, 0.f);
+        if (c < used) {
+          const float* part = partial_of(i, c);
+          ms[j] = __ldcg(reinterpret_cast<const float2*>(part));
+          ac[j] = __ldcg(reinterpret_cast<const float4*>(part + 4 + d));
         }
       }
 #pragma unroll
-      for (int j = 0; j < AHEAD; j++) {
-        if (mc[j] == -INFINITY) continue;
-        const float next = fmaxf(m, mc[j]);
-        const float keep = m == -INFINITY ? 0.f : __expf(m - next);
-        const float w = __expf(mc[j] - next);
-        total = total * keep + sc[j] * w;
-        acc = acc * keep + ac[j] * w;
-        m = next;
-      }
+      for (int j = 0; j < AHEAD; j++) merging.add(ms[j].x, ms[j].y, &ac[j].x);
     }
-    out[(t * heads + kvh * group + i) * (int64_t)head_dim + d] = from_f32<T>(acc / total);
+    if (ways == 1) {
+      for (int e = 0; e < 4; e++) dst[e] = from_f32<T>(merging.acc[e] / merging.total);
+    } else {
+      float* mine = parts + (way * vecs + vec) * 6;
+      mine[0] = merging.m;
+      mine[1] = merging.total;
+      for (int e = 0; e < 4; e++) mine[2 + e] = merging.acc[e];
+    }
+  }
+  if (ways > 1) {
+    __syncthreads();
+    if (threadIdx.x < vecs) {
+      Merging merging;
+      for (int w = 0; w < ways; w++) {
+        const float* part = parts + (w * vecs + vec) * 6;
+        merging.add(part[0], part[1], part + 2);
+      }
+      for (int e = 0; e < 4; e++) dst[e] = from_f32<T>(merging.acc[e] / merging.total);
+    }
   }
   RF_TRACE_MARK(6);
   RF_TRACE_END(RF_TRACE_MERGE, used);
@@ -229,10 +352,20 @@ __global__ void __launch_bounds__(DTHREADS) decode_attention_kernel(
 
 RF_TRACE_SETTER(decode_attention)
 
+// The kernel for a dtype, chunk size and path (tensor cores only for 16-bit dtypes).
+template <typename T, int KEYS>
+static auto decode_kernel(bool mma) {
+  if constexpr (sizeof(T) == 2) {
+    return mma ? decode_attention_kernel<T, KEYS, true> : decode_attention_kernel<T, KEYS, false>;
+  } else {
+    return decode_attention_kernel<T, KEYS, false>;
+  }
+}
+
 static int decode_chunks(int span, int keys) { return (span + keys - 1) / keys; }
 
 extern "C" int64_t rf_decode_attention_scratch_bytes(int tokens, int heads, int head_dim, int span) {
-  return (int64_t)tokens * heads * decode_chunks(span, MIN_KEYS) * (head_dim + 2) * sizeof(float);
+  return (int64_t)tokens * heads * decode_chunks(span, MIN_KEYS) * (head_dim + 4) * sizeof(float);
 }
 
 extern "C" int rf_decode_attention(int dtype, const void* q, int ldq, const void* k, int ldk, const void* v, int ldv,
@@ -254,8 +387,13 @@ extern "C" int rf_decode_attention(int dtype, const void* q, int ldq, const void
   const int chunks = decode_chunks(span, keys);
   const dim3 grid((unsigned)tokens, (unsigned)kv_heads, (unsigned)chunks);
   RF_DISPATCH(dtype, {
-    const size_t bytes = sizeof(float) * group * (head_dim + keys) + 2 * sizeof(T) * keys * (head_dim + 2);
-    const auto kernel = keys == 128 ? decode_attention_kernel<T, 128> : decode_attention_kernel<T, 64>;
+    const bool mma = sizeof(T) == 2 && head_dim % 16 == 0;
+    // up to the cached rows, then the rows or the merge's parts (DTHREADS × 6 floats), whichever is more
+    const size_t before_rows = mma ? sizeof(float) * group * keys + sizeof(T) * MAX_GROUP * (head_dim + 8 + keys + 8)
+                                   : sizeof(float) * group * (head_dim + keys);
+    const size_t rows = 2 * sizeof(T) * keys * (head_dim + (mma ? 8 : 2));
+    const size_t bytes = before_rows + std::max(rows, sizeof(float) * DTHREADS * 6);
+    const auto kernel = keys == 128 ? decode_kernel<T, 128>(mma) : decode_kernel<T, 64>(mma);
     if (bytes > 48 * 1024) {
       const cudaError_t rc = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
       if (rc != cudaSuccess) return static_cast<int>(rc);

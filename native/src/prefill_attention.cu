@@ -215,9 +215,7 @@ __global__ void __launch_bounds__(THREADS, 1) prefill_attention_kernel(const T* 
           for (int n = 0; n < NT; n += 2) {
             const T* v0 = vs + (kk * 16 + (lane & 15)) * ROW + n * 8 + (lane >> 4) * 8;
             uint32_t b[4];
-            asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-                         : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
-                         : "r"((unsigned)__cvta_generic_to_shared(v0)));
+            ldsm_x4(v0, b, true);
             mma_16816(o[n], a0, a1, a2, a3, b[0], b[1], T());
             if (n + 1 < NT) mma_16816(o[n + 1], a0, a1, a2, a3, b[2], b[3], T());
           }
