@@ -166,14 +166,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_partial_kernel(
       const int j = idx - i * CHUNK;
       float s = -INFINITY;
       if (j < keys && key_start + j <= positions[i]) {
-        const float* qi = q_tile + i * head_dim;
-        const T* kj = rows + j * row_stride;
-        float even = 0.f, odd = 0.f;
-        for (int d = 0; d < head_dim; d += 2) {
-          even += qi[d] * to_f32(kj[d]);
-          odd += qi[d + 1] * to_f32(kj[d + 1]);
-        }
-        s = even + odd;
+        s = dot_row(q_tile + i * head_dim, rows + j * row_stride, head_dim);
       }
       scores[i * CHUNK + j] = s;
     }

@@ -173,6 +173,18 @@ __device__ __forceinline__ void mma_16816(float* c, uint32_t a0, uint32_t a1, ui
 }
 #undef RF_MMA_16816
 
+// q · k over head_dim elements: q in f32 (already scaled), k in the dtype, even and odd elements in
+// two sums.
+template <typename T>
+__device__ __forceinline__ float dot_row(const float* q, const T* k, int head_dim) {
+  float even = 0.f, odd = 0.f;
+  for (int d = 0; d < head_dim; d += 2) {
+    even += q[d] * to_f32(k[d]);
+    odd += q[d + 1] * to_f32(k[d + 1]);
+  }
+  return even + odd;
+}
+
 // ldmatrix: 8×8 matrices of 16-bit elements from shared memory, rows 16 bytes aligned. Lanes 0-7
 // give the rows of the first matrix, 8-15 of the second, and so on; lane l gets row l / 4, elements
 // 2 (l % 4) and one more of each (of the transposed matrix with trans).

@@ -213,16 +213,7 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? 1 : DECODE_MANY_B
       const int i = idx / KEYS;
       const int j = idx - i * KEYS;
       float s = -INFINITY;
-      if (j < keys) {
-        const float* qi = q_tile + i * head_dim;
-        const T* kj = k_rows + j * row_stride;
-        float even = 0.f, odd = 0.f;
-        for (int d = 0; d < head_dim; d += 2) {
-          even += qi[d] * to_f32(kj[d]);
-          odd += qi[d + 1] * to_f32(kj[d + 1]);
-        }
-        s = even + odd;
-      }
+      if (j < keys) s = dot_row(q_tile + i * head_dim, k_rows + j * row_stride, head_dim);
       scores[idx] = s;
     }
   }
