@@ -2,6 +2,9 @@
 // must run the same engine calls in the same order, since each call runs collectives over the group.
 // The front broadcasts each call (as a small message) before running it; followers loop, receiving
 // and running calls until the front says stop. Serving code sees one ordinary engine on the front.
+// A step's tokens are chosen on the front and come back to every rank as the next step's ids, except
+// in chained greedy steps (decodeGreedy), where each rank feeds its own argmax back in: after those
+// the ranks compare their ids, and the call fails on the front if any rank chose another token.
 
 import { i32, type Tensor, tensor, viewOf } from "../ir/tensor.ts";
 import type { DType } from "../ir/tensor.ts";
@@ -9,6 +12,7 @@ import { type Engine, EngineError } from "../runtime/engine.ts";
 import {
   checkStep,
   openSequences,
+  type SampleChoice,
   type SequenceEngine,
   type SequenceOptions,
   type Sequences,
@@ -20,6 +24,8 @@ type Call =
   | { op: "run"; inputs: EncodedTensor[] }
   | { op: "open"; pool: number; options: SequenceOptions }
   | { op: "step" | "greedy"; pool: number; batch: SequenceStep[] }
+  | { op: "sample"; pool: number; batch: SequenceStep[]; choices: SampleChoice[] }
+  | { op: "decodeGreedy"; pool: number; batch: SequenceStep[]; steps: number }
   | { op: "release"; pool: number; slot: number }
   | { op: "close"; pool: number }
   | { op: "stop" };
@@ -103,16 +109,16 @@ export class LockstepEngine implements SequenceEngine {
     const opened = this.#call({ op: "open", pool, options }, () => undefined);
     const call = <T>(message: Call, work: () => Promise<T> | T) =>
       opened.then(() => this.#call(message, work));
-    return {
+    const sequences: Sequences = {
       slots: local.slots,
       maxLength: local.maxLength,
       step: async (batch) => {
         checkStep(batch, local);
-        return await call({ op: "step", pool, batch }, () => local.step(batch));
+        return await call({ op: "step", pool, batch }, () => local.step(batch)).finally(adopt);
       },
       greedy: async (batch) => {
         checkStep(batch, local);
-        return await call({ op: "greedy", pool, batch }, () => local.greedy(batch));
+        return await call({ op: "greedy", pool, batch }, () => local.greedy(batch)).finally(adopt);
       },
       // Release and dispose return at once, as the contract has them, but take effect here and on
       // the followers at the same point in the order of calls, after every step made before them.
@@ -123,6 +129,28 @@ export class LockstepEngine implements SequenceEngine {
         call({ op: "close", pool }, () => local[Symbol.dispose]()).catch(() => {});
       },
     };
+    // The optional calls of the pool here (drawing on the device, chained greedy steps), sent like
+    // the rest; a pool of a just-in-time engine gains them at its first call.
+    const adopt = () => {
+      const { sample, decodeGreedy } = local;
+      if (sample && !sequences.sample) {
+        sequences.sample = async (batch, choices) => {
+          checkStep(batch, local);
+          return await call({ op: "sample", pool, batch, choices }, () => sample.call(local, batch, choices));
+        };
+      }
+      if (decodeGreedy && !sequences.decodeGreedy) {
+        sequences.decodeGreedy = async (batch, steps) => {
+          checkStep(batch, local);
+          return await call(
+            { op: "decodeGreedy", pool, batch, steps },
+            async () => await agree(this.group, await decodeGreedy.call(local, batch, steps)),
+          );
+        };
+      }
+    };
+    adopt();
+    return sequences;
   }
 
   serialize(): Uint8Array {
@@ -151,6 +179,24 @@ export class LockstepEngine implements SequenceEngine {
   }
 }
 
+/**
+ * After chained greedy steps: every rank learns the front's ids and says whether its own differ; the
+ * call fails everywhere if any rank's do (its cache then holds other tokens than the front's).
+ */
+async function agree(group: ProcessGroup, ids: number[][]): Promise<number[][]> {
+  const flat = Int32Array.from(ids.flat());
+  const front = (await group.broadcast(i32([flat.length], flat), ROOT)).data as Int32Array;
+  const differs = front.some((id, i) => id !== flat[i]) ? 1 : 0;
+  const [ranks] = (await group.allReduce(i32([1], [differs]), "sum")).data as Int32Array;
+  if (ranks > 0) {
+    throw new EngineError(
+      `lockstep: chained greedy steps chose other tokens on ${ranks} of the ${group.size} ranks than on the ` +
+        "front; their caches no longer match it",
+    );
+  }
+  return ids;
+}
+
 /** A follower's loop: runs the front's calls on this rank's engine until it says stop. */
 export async function followLockstep(engine: Engine, group: ProcessGroup): Promise<void> {
   if (group.rank === ROOT) {
@@ -161,7 +207,7 @@ export async function followLockstep(engine: Engine, group: ProcessGroup): Promi
     while (true) {
       const call = await receiveCall(group);
       try {
-        if (await runCall(call, engine, pools)) return;
+        if (await runCall(call, engine, group, pools)) return;
       } catch (error) {
         // The front runs the same call on the same inputs and meets the same refusal; it reports it.
         if (!(error instanceof EngineError)) throw error;
@@ -173,7 +219,12 @@ export async function followLockstep(engine: Engine, group: ProcessGroup): Promi
 }
 
 /** Runs one call of the front's on this rank; true when it says stop. */
-async function runCall(call: Call, engine: Engine, pools: Map<number, Sequences>): Promise<boolean> {
+async function runCall(
+  call: Call,
+  engine: Engine,
+  group: ProcessGroup,
+  pools: Map<number, Sequences>,
+): Promise<boolean> {
   switch (call.op) {
     case "stop":
       return true;
@@ -189,6 +240,22 @@ async function runCall(call: Call, engine: Engine, pools: Map<number, Sequences>
     case "greedy":
       await poolOf(pools, call.pool).greedy(call.batch);
       break;
+    case "sample": {
+      const pool = poolOf(pools, call.pool);
+      if (!pool.sample) {
+        throw new DistError("lockstep: the front draws on its device; this rank's pool cannot");
+      }
+      await pool.sample(call.batch, call.choices);
+      break;
+    }
+    case "decodeGreedy": {
+      const pool = poolOf(pools, call.pool);
+      if (!pool.decodeGreedy) {
+        throw new DistError("lockstep: the front chains greedy steps; this rank's pool cannot");
+      }
+      await agree(group, await pool.decodeGreedy(call.batch, call.steps));
+      break;
+    }
     case "release":
       poolOf(pools, call.pool).release(call.slot);
       break;
