@@ -185,9 +185,9 @@ __device__ __forceinline__ float dot_row(const float* q, const T* k, int head_di
   return even + odd;
 }
 
-// ldmatrix: 8×8 matrices of 16-bit elements from shared memory, rows 16 bytes aligned. Lanes 0-7
-// give the rows of the first matrix, 8-15 of the second, and so on; lane l gets row l / 4, elements
-// 2 (l % 4) and one more of each (of the transposed matrix with trans).
+// ldmatrix: 8×8 matrices of 16-bit elements from shared memory, rows 16-byte aligned. Lanes 0-7
+// give the rows of the first matrix, 8-15 of the second, and so on; lane l receives, of each matrix
+// (transposed with trans), elements 2 (l % 4) and 2 (l % 4) + 1 of row l / 4.
 __device__ __forceinline__ void ldsm_x4(const void* row, uint32_t* r, bool trans = false) {
   const unsigned at = (unsigned)__cvta_generic_to_shared(row);
   if (trans) {
