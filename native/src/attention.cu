@@ -176,9 +176,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_partial_kernel(
     const int lane = threadIdx.x & 31;
     for (int i = warp; i < count; i += ATTN_THREADS / 32) {
       float* row = scores + i * CHUNK;
-      float m = -INFINITY;
-      for (int j = lane; j < CHUNK; j += 32) m = fmaxf(m, row[j]);
-      m = warp_max(m);
+      const float m = warp_row_max(row, CHUNK, lane);
       float sum = 0.f;
       for (int j = lane; j < CHUNK; j += 32) {
         const float e = m == -INFINITY ? 0.f : __expf(row[j] - m);

@@ -265,6 +265,13 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// The largest of a shared row's n values, over the lanes of a warp; every lane gets it.
+__device__ __forceinline__ float warp_row_max(const float* row, int n, int lane) {
+  float m = -INFINITY;
+  for (int j = lane; j < n; j += 32) m = fmaxf(m, row[j]);
+  return warp_max(m);
+}
+
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
 __device__ __forceinline__ float block_sum(float v) {
   __shared__ float partial[32];

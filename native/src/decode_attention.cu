@@ -225,9 +225,7 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? 1 : DECODE_MANY_B
   };
   for (int i = warp; i < group; i += DTHREADS / 32) {
     float* row = scores + i * KEYS;
-    float m = -INFINITY;
-    for (int j = lane; j < KEYS; j += 32) m = fmaxf(m, row[j]);
-    m = warp_max(m);
+    const float m = warp_row_max(row, KEYS, lane);
     float sum = 0.f;
     for (int j = lane; j < KEYS; j += 32) {
       const float e = j < keys ? __expf(row[j] - m) : 0.f;
