@@ -70,11 +70,24 @@ export class Binder {
   readonly views = new Map<string, View>();
   readonly launches: (() => void)[] = [];
   readonly labels: string[] = [];
+  /**
+   * Sequence mode: the values whose rows become logits, of which only each entry's last row is
+   * computed: `logits`, and under tensor parallelism the vocabulary shard that is gathered into it.
+   */
+  readonly logitRows = new Set<string>();
   #offset = 0;
 
   constructor(readonly steps: Step[], readonly ctx: BindContext) {
     for (const [name, view] of ctx.weights) this.views.set(name, view);
     for (const [name, view] of ctx.external) this.views.set(name, view);
+    if (ctx.mode === "sequence") {
+      this.logitRows.add("logits");
+      for (const step of steps) {
+        if (step.kind === "collective" && step.op === "all_gather" && step.out === "logits") {
+          this.logitRows.add(step.x);
+        }
+      }
+    }
   }
 
   walk(): Bound {

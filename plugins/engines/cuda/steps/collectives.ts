@@ -9,7 +9,7 @@ import { EngineError } from "../../../../core/runtime/engine.ts";
 export function bindCollective(binder: Binder, step: Extract<Step, { kind: "collective" }>): void {
   const x = binder.view(step.x);
   if (step.size === 1) {
-    binder.views.set(step.out, { ...x, shape: binder.shapeOf(step.out) });
+    binder.views.set(step.out, x);
     return;
   }
   const communicator = binder.ctx.communicator(step.group);
@@ -25,11 +25,16 @@ export function bindCollective(binder: Binder, step: Extract<Step, { kind: "coll
     );
   }
   const input = binder.contiguous(x);
-  const out = binder.define(step.out);
+  // The axis counts from the end: in sequence mode logits rows are [entries, vocab], not [1, seq, vocab].
+  const rank = binder.ctx.types.get(step.x)!.shape.length;
+  const axis = input.shape.length - rank + (step.axis < 0 ? step.axis + rank : step.axis);
+  const shape = [...input.shape];
+  if (step.op === "all_gather") shape[axis] *= step.size;
+  if (step.op === "reduce_scatter") shape[axis] /= step.size;
+  const out = binder.define(step.out, shape);
   const count = numel(input.shape);
   const stream = binder.ctx.stream;
   const dtype = input.dtype;
-  const axis = step.axis < 0 ? step.axis + input.shape.length : step.axis;
   const lead = numel(input.shape.slice(0, axis));
   switch (step.op) {
     case "all_reduce":

@@ -18,7 +18,7 @@ type Rows = View & { rowStride: number };
 export function bindProduct(binder: Binder, step: ProductStep, index: number): void {
   const ctx = binder.ctx;
   const label = `product ${step.gated?.out ?? step.parts.map((part) => part.output).join(", ")}`;
-  const logits = ctx.mode === "sequence" && step.parts.some((part) => part.output === "logits");
+  const logits = step.parts.some((part) => binder.logitRows.has(part.output));
   // With a folded norm the product reads the norm's input and normalizes it on the way.
   const x = binder.view(step.norm?.x ?? step.x);
   const m = logits ? ctx.meta.entries! : numel(x.shape) / step.k;
