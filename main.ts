@@ -5,15 +5,19 @@ import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { printGraph } from "./core/ir/text.ts";
 import { closestName } from "./core/ir/registry.ts";
-import { readGraphWeights } from "./core/ir/weights.ts";
 import type { ExportedModel, Replicas, StageContext } from "./core/pipeline/plugin.ts";
 import { exportAndLower, runPipeline } from "./core/pipeline/runner.ts";
 import { loadPipeline, pipelineStages } from "./core/pipeline/pipeline.ts";
 import type { Engine } from "./core/runtime/engine.ts";
 import { generateGreedy, logitsOf } from "./core/runtime/generate.ts";
-import cpu from "./plugins/engines/cpu.ts";
 import hf from "./plugins/export/hf.ts";
-import { rankEngine, runOnRanks } from "./plugins/launch/tensor_parallel_ranks.ts";
+import {
+  isRankEngineKind,
+  RANK_ENGINES,
+  rankEngine,
+  runOnRanks,
+  singleEngine,
+} from "./plugins/launch/tensor_parallel_ranks.ts";
 import { shareOf } from "./plugins/serve/generate.ts";
 import { onFrontRanks } from "./core/pipeline/ranks.ts";
 import { describePlan, planMemory } from "./core/pipeline/plan.ts";
@@ -41,6 +45,14 @@ commands:
   init-model DIR      write a random-weight checkpoint to DIR
 
 "rankflow COMMAND --help" describes a command. Set RANKFLOW_DEBUG=1 for stack traces.`;
+
+const ENGINE_HELP =
+  "  --engine NAME  cpu (default), or cuda: one GPU per rank (LOCAL_RANK), nccl between ranks\n" +
+  "  --dtype DTYPE  f32 (default), f16 or bf16";
+const ENGINE_OPTIONS = {
+  engine: { type: "string", default: "cpu" },
+  dtype: { type: "string", default: "f32" },
+} as const;
 
 const SET_HELP = "  --set KEY.PATH=VALUE  override one value of the file before validation (repeatable),\n" +
   "                       e.g. --set compile.dtype=f16 --set lower.0.factor=2";
@@ -81,7 +93,7 @@ const commands: Record<string, Command> = {
       console.log(`ok: ${stages.length} stages`);
       for (const stage of stages) {
         const module = stage.use === stage.plugin.name ? "" : `  (${stage.use})`;
-        console.log(`  ${stage.stage.padEnd(9)}${stage.plugin.name}${module}`);
+        console.log(`  ${stage.stage.padEnd(13)}${stage.plugin.name}${module}`);
       }
       const plan = await planMemory(pipeline);
       if (!plan) return;
@@ -119,12 +131,12 @@ const commands: Record<string, Command> = {
     },
   },
   logits: {
-    usage: "rankflow logits DIR --ids 5,17,42 [--tp N]",
-    help: `Exports the Hugging Face checkpoint in DIR in f32, builds a cpu engine and prints\n` +
+    usage: "rankflow logits DIR --ids 5,17,42 [--tp N] [--engine cpu|cuda] [--dtype f32|f16|bf16]",
+    help: `Exports the Hugging Face checkpoint in DIR, builds an engine and prints\n` +
       `{"logits": [[…], …]}: one row of vocabulary logits per given id.\n\n` +
       `  --ids IDS  comma-separated token ids\n` +
-      `  --tp N     compute with N tensor-parallel rank processes (default 1)`,
-    options: { ids: { type: "string" }, tp: { type: "string", default: "1" } },
+      `  --tp N     compute with N tensor-parallel rank processes (default 1)\n${ENGINE_HELP}`,
+    options: { ids: { type: "string" }, tp: { type: "string", default: "1" }, ...ENGINE_OPTIONS },
     positionals: 1,
     async run([dir], values) {
       const ids = parseIds(values.ids);
@@ -134,18 +146,21 @@ const commands: Record<string, Command> = {
     },
   },
   generate: {
-    usage: "rankflow generate DIR --ids 5,17,42 [--ids 8,9 ...] [--max-tokens 16] [--tp N] [--dp N]",
-    help: `Greedy generation on a cpu engine from the checkpoint in DIR (f32); prints {"ids": […]},\n` +
+    usage: "rankflow generate DIR --ids 5,17,42 [--ids 8,9 ...] [--max-tokens 16] [--tp N] [--dp N] " +
+      "[--engine cpu|cuda] [--dtype f32|f16|bf16]",
+    help: `Greedy generation from the checkpoint in DIR; prints {"ids": […]},\n` +
       `the new ids only (one list per prompt when --ids is given more than once).\n\n` +
       `  --ids IDS         comma-separated prompt token ids; repeat for a batch of prompts\n` +
       `  --max-tokens N    how many tokens to generate (default 16)\n` +
       `  --tp N            split the model over N tensor-parallel rank processes (default 1)\n` +
-      `  --dp N            N data-parallel replicas, each generating a share of the prompts (default 1)`,
+      `  --dp N            N data-parallel replicas, each generating a share of the prompts (default 1)\n` +
+      ENGINE_HELP,
     options: {
       ids: { type: "string", multiple: true },
       "max-tokens": { type: "string", default: "16" },
       tp: { type: "string", default: "1" },
       dp: { type: "string", default: "1" },
+      ...ENGINE_OPTIONS,
     },
     positionals: 1,
     async run([dir], values) {
@@ -259,7 +274,7 @@ function parseCount(text: string, flag: string, least = 1): number {
 }
 
 /**
- * Computes `work` on a cpu engine of the checkpoint and prints its JSON: in this process, or with
+ * Computes `work` on an engine of the checkpoint and prints its JSON: in this process, or with
  * --tp/--dp over rank processes (this process then starts them, and each rank runs this again;
  * the front rank of each replica does the work, its tensor-parallel followers keep in step).
  */
@@ -272,23 +287,36 @@ async function onRanks(
     tp: parseCount(String(values.tp), "--tp"),
     dp: parseCount(String(values.dp ?? "1"), "--dp"),
   };
+  const kind = String(values.engine);
+  if (!isRankEngineKind(kind)) {
+    throw new UsageError(`--engine: expected one of ${RANK_ENGINES.join(", ")}, got ${JSON.stringify(kind)}`);
+  }
+  const dtype = String(values.dtype);
   const ranks = mesh.tp * mesh.dp;
   const dir = args[1];
-  const worldArgs = ["--tp", String(mesh.tp), ...(values.dp === undefined ? [] : ["--dp", String(mesh.dp)])];
+  const worldArgs = [
+    "--tp",
+    String(mesh.tp),
+    ...(values.dp === undefined ? [] : ["--dp", String(mesh.dp)]),
+    "--engine",
+    kind,
+    "--dtype",
+    dtype,
+  ];
   if (ranks > 1 && !hasRankEnv()) {
     // A plan that does not fit the model fails here, before any rank starts.
-    using exported = await exportCheckpoint(dir, "f32");
+    using exported = await exportCheckpoint(dir, dtype);
     shardGraph(exported.graph, { plan: "auto", group: "tp" }, { rank: 0, size: mesh.tp });
     writeOut(await runOnRanks(ranks, [...args, ...worldArgs]) + "\n");
     return;
   }
-  using exported = await exportCheckpoint(dir, "f32");
+  using exported = await exportCheckpoint(dir, dtype);
   if (ranks === 1) {
-    using engine = await cpuEngine(exported);
+    using engine = await singleEngine(exported, kind);
     console.log(JSON.stringify(await work(engine, undefined)));
     return;
   }
-  const { engine, job } = await rankEngine(exported, mesh);
+  const { engine, job } = await rankEngine(exported, mesh, kind);
   await using _context = await distributedContext(job, engine);
   let result: unknown;
   await onFrontRanks(engine, job, async (front, replicas) => {
@@ -307,10 +335,6 @@ function exportCheckpoint(dir: string, dtype: string): Promise<ExportedModel> {
   return hf.export(parsed.data, ctx);
 }
 
-function cpuEngine(exported: ExportedModel): Promise<Engine> {
-  const { graph, weights } = exported;
-  return cpu.backend(cpu.options.parse({})).build(graph, readGraphWeights(graph, weights));
-}
 function writeOut(text: string): void {
   const bytes = new TextEncoder().encode(text);
   let written = 0;

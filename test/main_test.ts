@@ -100,7 +100,8 @@ Deno.test("usage mistakes exit 2 with the command's usage", async () => {
   strictEqual(noIds.code, 2);
   strictEqual(
     noIds.stderr,
-    "error: --ids is required, e.g. --ids 5,17,42\nusage: rankflow logits DIR --ids 5,17,42 [--tp N]\n",
+    "error: --ids is required, e.g. --ids 5,17,42\n" +
+      "usage: rankflow logits DIR --ids 5,17,42 [--tp N] [--engine cpu|cuda] [--dtype f32|f16|bf16]\n",
   );
 });
 
