@@ -2,40 +2,10 @@
 
 import { deepStrictEqual, ok, strictEqual } from "node:assert";
 import { join } from "node:path";
+import { killRankOneDuringGeneration, moved, rankflow, rankZero, withTempDir } from "./rank_processes.ts";
 
 const ROOT = new URL("../../..", import.meta.url).pathname;
 const SCRIPT = join(ROOT, "test/fixtures/launch/sum_ranks.ts");
-
-async function rankflow(args: string[]) {
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", ...args],
-    cwd: ROOT,
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code, stdout: new TextDecoder().decode(stdout), stderr: new TextDecoder().decode(stderr) };
-}
-
-/** The lines rank 0 printed with the given prefix, the prefix removed. */
-function rankZero(stdout: string, prefix: string): string[] {
-  return stdout.split("\n").filter((line) => line.startsWith(`[rank 0] ${prefix}`))
-    .map((line) => line.slice(`[rank 0] ${prefix}`.length));
-}
-
-async function withTempDir(work: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "rankflow-ranks-" });
-  try {
-    await work(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-function moved(dir: string): string[] {
-  return [`export.path=${dir}/model`, `save.dir=${dir}/engines`, `load.dir=${dir}/engines`]
-    .flatMap((set) => ["--set", set]);
-}
 
 Deno.test("quickstart-tp: two rank processes generate the single-rank quickstart's tokens", async () => {
   await withTempDir(async (dir) => {
@@ -112,75 +82,8 @@ Deno.test("launch runs a script per rank; the same script joins from torchrun's 
 });
 
 Deno.test("a rank killed during generation stops the job within seconds, named, with no rank left", async () => {
-  await withTempDir(async (dir) => {
-    const controller = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        "main.ts",
-        "run",
-        "pipelines/quickstart-tp.yaml",
-        ...moved(dir),
-        "--set",
-        "serve.max_tokens=480",
-      ],
-      cwd: ROOT,
-      env: { NO_COLOR: "1" },
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const [forOutput, forLines] = controller.stdout.tee();
-    const output = new Response(forOutput).text();
-    const lines = forLines.pipeThrough(new TextDecoderStream()).getReader();
-    let seen = "";
-    while (!/\[rank 1\] {3}load /.test(seen)) {
-      const { value, done } = await lines.read();
-      if (done) break;
-      seen += value;
-    }
-    await lines.cancel();
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    const ranks = rankPids(controller.pid);
-    strictEqual(ranks.size, 2, `rank processes: ${[...ranks]}`);
-    const killedAt = performance.now();
-    Deno.kill(ranks.get(1)!, "SIGKILL");
-    const [status, stderr] = await Promise.all([controller.status, new Response(controller.stderr).text()]);
-    await output;
-    const seconds = (performance.now() - killedAt) / 1000;
-    strictEqual(status.success, false);
-    ok(seconds < 10, `the job took ${seconds.toFixed(1)} s to stop`);
-    ok(/rank 1 .*(SIGKILL|signal)/.test(stderr), stderr);
-    for (const pid of ranks.values()) ok(!isAlive(pid), `rank pid ${pid} is still alive`);
-  });
+  await killRankOneDuringGeneration("pipelines/quickstart-tp.yaml", ["--set", "serve.max_tokens=480"]);
 });
-
-/** The controller's child processes by their RANK variable (Linux /proc). */
-function rankPids(parent: number): Map<number, number> {
-  const pids = new Map<number, number>();
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    try {
-      const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      if (ppid !== parent) continue;
-      const env = Deno.readTextFileSync(`/proc/${entry.name}/environ`).split("\0");
-      const rank = env.find((line) => line.startsWith("RANK="));
-      if (rank) pids.set(Number(rank.slice(5)), Number(entry.name));
-    } catch {
-      // The process ended while we looked.
-    }
-  }
-  return pids;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return !stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
-  } catch {
-    return false;
-  }
-}
 
 Deno.test("launch over two nodes (two controllers on this machine) makes one world of four", async () => {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
