@@ -18,7 +18,7 @@ import type { SampleChoice } from "../core/runtime/sequences.ts";
 const DECODE_STEPS = 40;
 const BENCH_DIR = new URL(".", import.meta.url).pathname;
 
-function median(values: number[]): number {
+export function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)];
 }
@@ -32,7 +32,7 @@ function isFile(path: string): boolean {
 }
 
 /** Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written. */
-function copyBandwidth(engine: CudaEngine): number {
+export function copyBandwidth(engine: CudaEngine): number {
   const bytes = 2 ** 31;
   const ctx = engine.ctx;
   const a = ctx.alloc(bytes);
@@ -56,7 +56,7 @@ function copyBandwidth(engine: CudaEngine): number {
   return (2 * bytes) / (median(times) / 1000);
 }
 
-function randomIds(count: number, vocab: number, seed: number): number[] {
+export function randomIds(count: number, vocab: number, seed: number): number[] {
   let state = seed;
   return Array.from({ length: count }, () => {
     state = (state * 1103515245 + 12345) & 0x7fffffff;
@@ -69,7 +69,7 @@ function randomIds(count: number, vocab: number, seed: number): number[] {
  * step's graph replayed back to back (the device's own time, without the host's wait), `chained`
  * the steps of one decodeGreedy call (the ids fed back on the device, read once at the end).
  */
-async function decodeMs(
+export async function decodeMs(
   engine: CudaEngine,
   batch: number,
   context: number,
@@ -176,7 +176,7 @@ function printProfile(title: string, profile: Map<string, { ms: number; launches
   );
 }
 
-async function prefillMs(engine: CudaEngine, length: number, vocab: number): Promise<number> {
+export async function prefillMs(engine: CudaEngine, length: number, vocab: number): Promise<number> {
   using pool = engine.sequences({ slots: 1, maxLength: length + 8, prefillChunk: length });
   const ids = randomIds(length, vocab, 3);
   const times: number[] = [];
@@ -221,17 +221,21 @@ async function torchRows(dir: string): Promise<TorchRow[]> {
   return rows;
 }
 
+/** Writes a random Llama of the shape ("1b" or "8b") to `dir` with bench/make_llama.py, unless it is there. */
+export async function ensureLlama(dir: string, shape: string): Promise<void> {
+  if (isFile(join(dir, "config.json"))) return;
+  console.log(`writing a random Llama-${shape}-shaped checkpoint to ${dir}`);
+  const made = await new Deno.Command(Deno.env.get("RANKFLOW_PYTHON") ?? "python3", {
+    args: [join(BENCH_DIR, "make_llama.py"), dir, "0", "--shape", shape],
+    stdout: "inherit",
+    stderr: "inherit",
+  }).output();
+  if (!made.success) throw new Error("bench/make_llama.py failed");
+}
+
 export async function benchGpu(dirArg?: string): Promise<void> {
   const dir = dirArg ?? "/tmp/rankflow-llama1b";
-  if (!isFile(join(dir, "config.json"))) {
-    console.log(`writing a random Llama-3.2-1B-shaped checkpoint to ${dir}`);
-    const made = await new Deno.Command(Deno.env.get("RANKFLOW_PYTHON") ?? "python3", {
-      args: [join(BENCH_DIR, "make_llama.py"), dir],
-      stdout: "inherit",
-      stderr: "inherit",
-    }).output();
-    if (!made.success) throw new Error("bench/make_llama.py failed");
-  }
+  await ensureLlama(dir, "1b");
   const loadStart = performance.now();
   using model = exportCheckpoint(dir, "bf16");
   const weights = readGraphWeights(model.graph, model.weights);

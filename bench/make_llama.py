@@ -1,9 +1,11 @@
-"""Writes a random-weight Llama with the shape of Llama-3.2-1B (hidden 2048, 16 layers, 32 heads,
-8 KV heads, head_dim 64, intermediate 8192, vocab 128256, tied embeddings) as config.json +
-model.safetensors in bf16. The weights are drawn on the GPU, so the 2.5 GB never travel.
-RoPE is the default kind (rankflow's hf export does not read llama3 rope scaling yet).
+"""Writes a random-weight Llama as config.json + model.safetensors in bf16: by default with the shape
+of Llama-3.2-1B (hidden 2048, 16 layers, 32 heads, 8 KV heads, head_dim 64, intermediate 8192,
+vocab 128256, tied embeddings; 2.5 GB), with --shape 8b that of Llama-3.1-8B (hidden 4096,
+32 layers, 32 heads, 8 KV heads, head_dim 128, intermediate 14336, untied embeddings; 16 GB).
+The weights are drawn on the GPU. RoPE is the default kind (rankflow's hf export does not read
+llama3 rope scaling yet).
 
-    python3 bench/make_llama.py OUT_DIR [SEED]
+    python3 bench/make_llama.py OUT_DIR [SEED] [--shape 1b|8b]
 """
 
 import json
@@ -34,10 +36,22 @@ CONFIG = {
 }
 
 
-def main(out, seed):
+SHAPES = {
+    "1b": {},
+    "8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "head_dim": 128,
+        "tie_word_embeddings": False,
+    },
+}
+
+
+def main(out, seed, shape):
     os.makedirs(out, exist_ok=True)
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    c = CONFIG
+    c = {**CONFIG, **SHAPES[shape]}
     hidden, inter, heads, kv, hd = (c["hidden_size"], c["intermediate_size"], c["num_attention_heads"],
                                     c["num_key_value_heads"], c["head_dim"])
 
@@ -48,6 +62,8 @@ def main(out, seed):
         return (1.0 + 0.1 * torch.randn(n, generator=gen, device="cuda")).to(torch.bfloat16)
 
     tensors = {"model.embed_tokens.weight": normal(c["vocab_size"], hidden), "model.norm.weight": ones_ish(hidden)}
+    if not c["tie_word_embeddings"]:
+        tensors["lm_head.weight"] = normal(c["vocab_size"], hidden)
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}"
         tensors[f"{p}.input_layernorm.weight"] = ones_ish(hidden)
@@ -59,11 +75,20 @@ def main(out, seed):
         tensors[f"{p}.mlp.gate_proj.weight"] = normal(inter, hidden)
         tensors[f"{p}.mlp.up_proj.weight"] = normal(inter, hidden)
         tensors[f"{p}.mlp.down_proj.weight"] = normal(hidden, inter)
+    # config.json last: a folder without it is not taken for a finished checkpoint.
     save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, os.path.join(out, "model.safetensors"))
     with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(CONFIG, f, indent=2)
+        json.dump(c, f, indent=2)
     print(f"wrote {out}: {sum(t.numel() for t in tensors.values()) / 1e9:.3f}B parameters")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+    args = sys.argv[1:]
+    shape = "1b"
+    if "--shape" in args:
+        at = args.index("--shape")
+        shape = args[at + 1]
+        del args[at:at + 2]
+        if shape not in SHAPES:
+            sys.exit(f"--shape: expected one of {', '.join(SHAPES)}, got {shape!r}")
+    main(args[0], int(args[1]) if len(args) > 1 else 0, shape)
