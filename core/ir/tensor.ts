@@ -127,9 +127,9 @@ export function toF32(t: Tensor): Float32Array {
     case "f32":
       return t.data as Float32Array;
     case "bf16":
-      return Float32Array.from(t.data as Uint16Array, bf16ToF32);
+      return mapInto(new Float32Array(t.data.length), t.data as Uint16Array, bf16ToF32);
     case "f16":
-      return Float32Array.from(t.data as Uint16Array, f16ToF32);
+      return mapInto(new Float32Array(t.data.length), t.data as Uint16Array, f16ToF32);
     case "i32":
       return Float32Array.from(t.data as Int32Array);
     case "i64":
@@ -145,14 +145,27 @@ export function castTensor(t: Tensor, dtype: DType): Tensor {
     case "f32":
       return tensor("f32", t.shape, values);
     case "bf16":
-      return tensor("bf16", t.shape, Uint16Array.from(values, f32ToBf16));
+      return tensor("bf16", t.shape, mapInto(new Uint16Array(values.length), values, f32ToBf16));
     case "f16":
-      return tensor("f16", t.shape, Uint16Array.from(values, f32ToF16));
+      return tensor("f16", t.shape, mapInto(new Uint16Array(values.length), values, f32ToF16));
     case "i32":
       return tensor("i32", t.shape, Int32Array.from(values, Math.trunc));
     case "i64":
       return tensor("i64", t.shape, BigInt64Array.from(values, (v) => BigInt(Math.trunc(v))));
   }
+}
+
+/**
+ * out[i] = convert(source[i]). (TypedArray.from with a mapping function first gathers the values
+ * into a plain array, which V8 refuses past 2^27 elements: a 1B model's embedding has 2^28.)
+ */
+function mapInto<O extends { [i: number]: number }>(
+  out: O,
+  source: ArrayLike<number>,
+  convert: (value: number) => number,
+): O {
+  for (let i = 0; i < source.length; i++) out[i] = convert(source[i]);
+  return out;
 }
 
 /** Integer tensor values as plain numbers (token ids, positions). */

@@ -14,6 +14,7 @@ import {
   toF32,
 } from "../../../mod.ts";
 import { seededRandom } from "../../../core/testing/passes.ts";
+import { castTensor, tensor } from "../../../core/ir/tensor.ts";
 
 function run(op: string, inputs: Tensor[], attrs = {}): Tensor[] {
   return getOp(op).run(inputs, attrs, { dims: new Map() });
@@ -175,4 +176,16 @@ Deno.test("collectives are identities over one rank and refuse to run over sever
 
 Deno.test("an unknown op names the closest known one", () => {
   throws(() => getOp("rms_norm"), /did you mean 'rmsnorm'/);
+});
+
+Deno.test("bf16 tensors past V8's plain-array limit (2^27 elements) convert to f32 and back", () => {
+  const count = 2 ** 27 + 3; // a 1B model's tied embedding has 2^28
+  const at = [0, 1, count - 2, count - 1];
+  const value = (i: number) => (i % 2 ? -1.5 : 3);
+  const bits = new Uint16Array(count);
+  for (const i of at) bits[i] = f32ToBf16(value(i));
+  const wide = castTensor(tensor("bf16", [count], bits), "f32");
+  deepStrictEqual(at.map((i) => (wide.data as Float32Array)[i]), at.map(value));
+  const back = castTensor(wide, "bf16");
+  deepStrictEqual(at.map((i) => back.data[i]), at.map((i) => f32ToBf16(value(i))));
 });
