@@ -1,12 +1,16 @@
 // Tensor parallel over the GPUs of one machine (needs two or more):
 //   collectives: all-reduce, all-gather and reduce-scatter of 8 KB to 256 MB through rankflow's
-//     nccl backend, beside torch.distributed with NCCL on the same GPUs (bench/torch_collectives.py);
+//     nccl backend, beside torch.distributed with NCCL on the same GPUs (bench/torch_collectives.py),
+//     and all-reduces up to 4 MB through the backend's peer path (peer_all_reduce.ts);
 //   agreement: each tp's 32 greedy ids and first logits against tp 1's, on random bf16 Llamas;
 //   scaling: decode ms per step at batch 1 and 16 (context 128) and prefill of 2048 tokens for
-//     tp = 1, 2, 4, 8 (as many as there are GPUs), with the speed-up over tp 1.
+//     tp = 1, 2, 4, 8 (as many as there are GPUs), all-reduces through NCCL alone and with the
+//     peer path, with the speed-up over tp 1.
 // The models are Llama-3.2-1B and Llama-3.1-8B shapes, written by bench/make_llama.py when missing.
 //   deno task bench:multi-gpu [--models 1b,8b] [--only collectives|models] [--f32-reference 1b]
-// (--f32-reference: the models whose bf16 logits are also compared with tp 1 in f32)
+//                             [--paths nccl,peer]
+// (--f32-reference: the models whose bf16 logits are also compared with tp 1 in f32; --paths: how
+// the all-reduces of tp > 1 run, each a row)
 // Each case runs as its own job of rank processes (this file again, `rank …`); rank 0 reports.
 
 import { join } from "node:path";
@@ -27,7 +31,7 @@ import {
   probeDevices,
   synchronize,
 } from "../ffi/cuda.ts";
-import { createNcclBackend, type NcclGroup } from "../plugins/collectives/nccl.ts";
+import { createNcclBackend, type NcclGroup, options } from "../plugins/collectives/nccl.ts";
 import { cudaBackend } from "../plugins/engines/cuda.ts";
 import type { CudaEngine } from "../plugins/engines/cuda/engine.ts";
 import { exportCheckpoint } from "../plugins/export/hf.ts";
@@ -40,8 +44,10 @@ const SELF = new URL(import.meta.url).pathname;
 const OPS = ["all-reduce", "all-gather", "reduce-scatter"] as const;
 type Op = typeof OPS[number];
 /** 8 KB to 256 MB: the whole buffer (all-reduce's, all-gather's output, reduce-scatter's input). */
-const SIZES = [8, 64, 512, 4096, 32768, 262144].map((kb) => kb * 1024);
-const ITERS = [200, 200, 100, 50, 20, 10];
+const SIZES = [8, 64, 512, 1024, 4096, 32768, 262144].map((kb) => kb * 1024);
+const ITERS = [200, 200, 100, 100, 50, 20, 10];
+/** The capacity of the peer path in the collective benchmark, to show where it meets NCCL. */
+const PEER_BYTES = 4 << 20;
 const MODELS: Record<string, string> = { "1b": "/tmp/rankflow-llama1b", "8b": "/tmp/rankflow-llama8b" };
 const AGREE_STEPS = 32;
 const PROMPT = 64;
@@ -57,26 +63,37 @@ async function rankCollectives(): Promise<void> {
   const place = readRankEnv();
   await using job = await joinJob({
     mesh: { dp: 1, tp: place.worldSize },
-    backend: (init) => createNcclBackend(init),
+    backend: (init) => createNcclBackend({ ...init, peerBytes: 0 }),
   });
-  const group = job.group("world") as NcclGroup;
-  const comm = group.communicator;
+  // A second backend whose all-reduces up to PEER_BYTES take the peer path.
+  await using peers = await createNcclBackend({
+    rank: job.rank,
+    worldSize: job.worldSize,
+    store: job.store,
+    prefix: "peer",
+    peerBytes: PEER_BYTES,
+  });
+  const nccl = (job.group("world") as NcclGroup).communicator;
+  const peer = (peers.group("world") as NcclGroup).communicator;
+  if (job.rank === 0 && !peer.peer) console.error(`no peer path: ${peer.peerOff}`);
   const n = job.worldSize;
   const stream = createStream();
   const largest = Math.max(...SIZES);
   const send = deviceAlloc(largest);
   const recv = deviceAlloc(largest);
   const c = cudart();
-  const call = (op: Op, bytes: number) => {
+  const call = (op: Op | "peer all-reduce", bytes: number) => {
     const count = bytes / 2; // bf16
-    if (op === "all-reduce") comm.allReduce(send, recv, count, "bf16", "sum", stream);
-    else if (op === "all-gather") comm.allGather(send, recv, count / n, "bf16", stream);
-    else comm.reduceScatter(send, recv, count / n, "bf16", "sum", stream);
+    if (op === "peer all-reduce") peer.allReduce(send, recv, count, "bf16", "sum", stream);
+    else if (op === "all-reduce") nccl.allReduce(send, recv, count, "bf16", "sum", stream);
+    else if (op === "all-gather") nccl.allGather(send, recv, count / n, "bf16", stream);
+    else nccl.reduceScatter(send, recv, count / n, "bf16", "sum", stream);
   };
   const start = createEvent();
   const end = createEvent();
-  for (const op of OPS) {
+  for (const op of [...OPS, ...(peer.peer ? ["peer all-reduce" as const] : [])]) {
     for (const [i, bytes] of SIZES.entries()) {
+      if (op === "peer all-reduce" && bytes > PEER_BYTES) continue;
       for (let w = 0; w < 5; w++) call(op, bytes);
       synchronize(stream);
       await job.barrier();
@@ -87,18 +104,24 @@ async function rankCollectives(): Promise<void> {
       if (job.rank === 0) console.log(`result ${JSON.stringify({ op, bytes, us })}`);
     }
   }
+  synchronize(stream);
   deviceFree(send);
   deviceFree(recv);
   check(c.cudaStreamDestroy(stream), "cudaStreamDestroy");
 }
 
 /** One rank of a model run: logits and greedy ids, then (bf16 only) the timings. */
-async function rankModel(dir: string, logitsFile: string, dtype: "bf16" | "f32"): Promise<void> {
+async function rankModel(
+  dir: string,
+  logitsFile: string,
+  dtype: "bf16" | "f32",
+  peerBytes: number,
+): Promise<void> {
   const place = readRankEnv();
   const loadStart = performance.now();
   const job = await joinJob({
     mesh: { dp: 1, tp: place.worldSize },
-    backend: (init) => createNcclBackend(init),
+    backend: (init) => createNcclBackend({ ...init, peerBytes }),
     rendezvousTimeoutMs: 600_000,
   });
   using model = exportCheckpoint(dir, dtype);
@@ -204,8 +227,11 @@ async function benchCollectives(ranks: number): Promise<void> {
     `\nCollectives over ${ranks} GPUs, bf16, µs per call (back-to-back calls on one stream, CUDA events) ` +
       "and bus bandwidth in GB/s (nccl-tests' definition)",
   );
-  console.log("| op | size | rankflow nccl µs | torch.distributed µs | rankflow bus GB/s | torch bus GB/s |");
-  console.log("|---|---:|---:|---:|---:|---:|");
+  console.log(
+    "| op | size | rankflow nccl µs | rankflow peer µs | torch.distributed µs | rankflow bus GB/s | " +
+      "torch bus GB/s |",
+  );
+  console.log("|---|---:|---:|---:|---:|---:|---:|");
   const show = (value: number | undefined, digits: number) =>
     value === undefined ? "—" : value.toFixed(digits);
   for (const op of OPS) {
@@ -215,9 +241,9 @@ async function benchCollectives(ranks: number): Promise<void> {
       const bus = (t: number | undefined) =>
         t === undefined ? undefined : (bytes / (t * 1e-6)) / 1e9 * busFactor(op, ranks);
       console.log(
-        `| ${op} | ${formatBytes(bytes)} | ${show(us, 1)} | ${show(them, 1)} | ${show(bus(us), 1)} | ${
-          show(bus(them), 1)
-        } |`,
+        `| ${op} | ${formatBytes(bytes)} | ${show(us, 1)} | ${show(ours.get(`peer ${op} ${bytes}`), 1)} | ${
+          show(them, 1)
+        } | ${show(bus(us), 1)} | ${show(bus(them), 1)} |`,
       );
     }
   }
@@ -225,6 +251,8 @@ async function benchCollectives(ranks: number): Promise<void> {
 
 interface ModelRun {
   tp: number;
+  /** How all-reduces ran: "nccl" alone, or "peer" up to the default size; "" at tp 1. */
+  path: string;
   ids: number[];
   logits: Float32Array;
   decode: Record<string, { wall: number; device: number; chained: number }>;
@@ -234,12 +262,13 @@ interface ModelRun {
 }
 
 /** Rank 0's result and logits of one job of `tp` ranks over the model in `dtype`. */
-async function modelRun(dir: string, tp: number, dtype: "bf16" | "f32"): Promise<ModelRun> {
+async function modelRun(dir: string, tp: number, dtype: "bf16" | "f32", path = ""): Promise<ModelRun> {
   const logitsFile = await Deno.makeTempFile({ prefix: "rankflow-logits-" });
+  const peerBytes = path === "peer" ? options.shape.peer_all_reduce_bytes.parse(undefined) : 0;
   try {
-    const { results } = await onRanks(tp, ["model", dir, logitsFile, dtype]);
+    const { results } = await onRanks(tp, ["model", dir, logitsFile, dtype, String(peerBytes)]);
     const logits = new Float32Array((await Deno.readFile(logitsFile)).buffer);
-    return { tp, logits, ...(results[0] as Omit<ModelRun, "tp" | "logits">) };
+    return { tp, path, logits, ...(results[0] as Omit<ModelRun, "tp" | "path" | "logits">) };
   } finally {
     await Deno.remove(logitsFile);
   }
@@ -250,6 +279,7 @@ async function benchModel(
   dir: string,
   gpus: number,
   reference: boolean,
+  paths: string[],
 ): Promise<{ runs: ModelRun[]; f32?: ModelRun }> {
   const runs: ModelRun[] = [];
   let f32: ModelRun | undefined;
@@ -259,12 +289,16 @@ async function benchModel(
     console.log(`${name} tp 1 in f32 (the reference logits) failed: ${(error as Error).message}`);
   }
   for (const tp of [1, 2, 4, 8].filter((tp) => tp <= gpus)) {
-    try {
-      const run = await modelRun(dir, tp, "bf16");
-      runs.push(run);
-      console.error(`${name} tp ${tp}: decode ${JSON.stringify(run.decode)} prefill ${run.prefill}`);
-    } catch (error) {
-      console.log(`${name} tp ${tp} failed: ${(error as Error).message}`);
+    for (const path of tp === 1 ? [""] : paths) {
+      try {
+        const run = await modelRun(dir, tp, "bf16", path);
+        runs.push(run);
+        console.error(
+          `${name} tp ${tp} ${path}: decode ${JSON.stringify(run.decode)} prefill ${run.prefill}`,
+        );
+      } catch (error) {
+        console.log(`${name} tp ${tp} ${path} failed: ${(error as Error).message}`);
+      }
     }
   }
   return { runs, f32 };
@@ -289,7 +323,7 @@ function printModel(name: string, { runs, f32 }: { runs: ModelRun[]; f32?: Model
       "‖a − b‖ / ‖b‖ | largest difference)",
   );
   console.log(
-    "| tp | ids equal to tp 1 | first differing step | ids equal to f32 | against tp 1 | | against f32 | |",
+    "| tp, all-reduce | ids equal to tp 1 | first differing step | ids equal to f32 | against tp 1 | | against f32 | |",
   );
   console.log("|---:|---:|---:|---:|---:|---:|---:|---:|");
   for (const run of runs) {
@@ -298,7 +332,7 @@ function printModel(name: string, { runs, f32 }: { runs: ModelRun[]; f32?: Model
     const first = run.ids.findIndex((id, i) => id !== one.ids[i]);
     const sameF32 = f32 ? `${run.ids.filter((id, i) => id === f32.ids[i]).length} of ${AGREE_STEPS}` : "—";
     console.log(
-      `| ${run.tp} | ${same} of ${AGREE_STEPS} | ${first < 0 ? "—" : first} | ${sameF32} | ${
+      `| ${run.tp} ${run.path} | ${same} of ${AGREE_STEPS} | ${first < 0 ? "—" : first} | ${sameF32} | ${
         compare(run.logits, one.logits)
       } | ${f32 ? compare(run.logits, f32.logits) : "— | —"} |`,
     );
@@ -308,7 +342,7 @@ function printModel(name: string, { runs, f32 }: { runs: ModelRun[]; f32?: Model
       "for its ids) and prefill of 2048 tokens; speed-up over tp 1 in brackets",
   );
   console.log(
-    "| tp | weights per GPU GB | batch 1 chained | batch 1 host | batch 16 chained | batch 16 host | " +
+    "| tp, all-reduce | weights per GPU GB | batch 1 chained | batch 1 host | batch 16 chained | batch 16 host | " +
       "prefill 2048 | load s |",
   );
   console.log("|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -317,7 +351,7 @@ function printModel(name: string, { runs, f32 }: { runs: ModelRun[]; f32?: Model
   for (const run of runs) {
     const d = run.decode;
     console.log(
-      `| ${run.tp} | ${(run.weightBytes / 1e9).toFixed(2)} | ${
+      `| ${run.tp} ${run.path} | ${(run.weightBytes / 1e9).toFixed(2)} | ${
         cell(d[1].chained, one?.decode[1].chained)
       } | ${cell(d[1].wall, one?.decode[1].wall)} | ${cell(d[16].chained, one?.decode[16].chained)} | ${
         cell(d[16].wall, one?.decode[16].wall)
@@ -333,6 +367,7 @@ async function controller(args: string[]): Promise<void> {
       models: { type: "string", default: "1b,8b" },
       only: { type: "string" },
       "f32-reference": { type: "string", default: "1b" },
+      paths: { type: "string", default: "nccl,peer" },
     },
   });
   const gpus = probeDevices().count;
@@ -349,14 +384,19 @@ async function controller(args: string[]): Promise<void> {
     const reference = String(values["f32-reference"]).split(",").includes(name);
     printModel(
       `Llama ${name.toUpperCase()}-shaped, random bf16`,
-      await benchModel(name, dir, gpus, reference),
+      await benchModel(name, dir, gpus, reference, String(values.paths).split(",")),
     );
   }
 }
 
 if (Deno.args[0] === "rank") {
   if (Deno.args[1] === "collectives") await rankCollectives();
-  else await rankModel(Deno.args[2], Deno.args[3], Deno.args[4] === "f32" ? "f32" : "bf16");
+  else {await rankModel(
+      Deno.args[2],
+      Deno.args[3],
+      Deno.args[4] === "f32" ? "f32" : "bf16",
+      Number(Deno.args[5]),
+    );}
 } else {
   await controller(Deno.args);
 }

@@ -7,7 +7,7 @@ import { findLibrary, type LibrarySpec, overrideVariable } from "./discover.ts";
 import { buildNative, KERNELS_LIBRARY } from "../native/build.ts";
 
 export const KERNELS: LibrarySpec = { name: "kernels", files: ["librankflow_kernels.so"], cuda: false };
-export const ABI_VERSION = 5;
+export const ABI_VERSION = 6;
 
 const stream = "u64"; // void* stream (cudaStream_t)
 const dev = "u64"; // device pointer
@@ -24,6 +24,24 @@ export const symbols = {
       dev, // const int32_t* ids
       "i32", // int rows
       dev, // void* out
+      stream, // void* stream
+    ],
+    result: "i32",
+  },
+  rf_peer_region_bytes: { parameters: ["i64", "i32"], result: "i64" }, // int64_t capacity, int world
+  rf_ipc_alloc: { parameters: ["i64", "buffer", "buffer"], result: "i32" }, // bytes, void** ptr, handle[64]
+  rf_ipc_open: { parameters: ["buffer", "buffer"], result: "i32" }, // const handle[64], void** ptr
+  rf_ipc_close: { parameters: [dev], result: "i32" }, // void* ptr
+  rf_peer_all_reduce: {
+    parameters: [
+      "i32", // int dtype
+      dev, // const void* in
+      dev, // void* out
+      "i64", // int64_t count
+      "buffer", // void* const* regions (host array of world device pointers)
+      "i32", // int rank
+      "i32", // int world
+      "i64", // int64_t capacity
       stream, // void* stream
     ],
     result: "i32",

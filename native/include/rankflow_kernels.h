@@ -106,6 +106,21 @@ int rf_set_programmatic_launch(int on);
 /* Launches an instantiated CUDA graph (cudaGraphExec_t) and waits for the stream: one call per decode step. */
 int rf_graph_launch_sync(void* exec, void* stream);
 
+/* All-reduce (sum) of small messages over the GPUs of one machine, in one kernel (peer_all_reduce.cu).
+ * Each rank of a group allocates a region of rf_peer_region_bytes(capacity, world) with rf_ipc_alloc (zeroed;
+ * `handle` receives its 64-byte cudaIpcMemHandle_t), passes the handle to the others, and maps theirs
+ * with rf_ipc_open. rf_peer_all_reduce then takes the group's regions in rank order (a host array of
+ * `world` pointers, this rank's own at `rank`): out[count] = sum over ranks of in[count], in rank order,
+ * so that every rank gets the same bits. count × element size must be a multiple of 16 and at most
+ * `capacity`, in and out 16-byte aligned (in may be out); 2 ≤ world ≤ 8. Every rank must make the same
+ * calls in the same order; a rank that never calls leaves the others waiting. */
+int64_t rf_peer_region_bytes(int64_t capacity, int world);
+int rf_ipc_alloc(int64_t bytes, void** ptr, void* handle);
+int rf_ipc_open(const void* handle, void** ptr);
+int rf_ipc_close(void* ptr);
+int rf_peer_all_reduce(int dtype, const void* in, void* out, int64_t count, void* const* regions, int rank, int world,
+                       int64_t capacity, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

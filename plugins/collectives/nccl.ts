@@ -1,7 +1,9 @@
 // The nccl collective backend: one NCCL communicator per process group (world, tp, dp), created
 // eagerly when the backend is made, each from a unique id its first member puts in the rendezvous
 // store. Its groups are ProcessGroups for host tensors and DeviceGroups for the cuda engine, which
-// runs their collectives on its own stream. Disposing the backend destroys the communicators.
+// runs their collectives on its own stream. Between the GPUs of one machine, the engine's small
+// all-reduces take a one-kernel path over peer memory instead (peer_all_reduce.ts). Disposing the
+// backend destroys the communicators.
 
 import { z } from "zod";
 import { definePlugin } from "../../core/pipeline/plugin.ts";
@@ -27,6 +29,10 @@ import {
 } from "../../ffi/cuda.ts";
 import { check, destroyComm, initRank, nccl, NCCL_DTYPE, NCCL_OP, newUniqueId } from "../../ffi/nccl.ts";
 import type { DeviceCommunicator, DeviceGroup } from "../engines/cuda/communicator.ts";
+import { connectPeers, PeerAllReduce } from "./peer_all_reduce.ts";
+
+/** The default largest all-reduce that takes the peer path. */
+const PEER_BYTES = 1 << 20;
 
 export const options = z.object({
   device: z.number().int().nonnegative().optional().describe(
@@ -34,6 +40,10 @@ export const options = z.object({
   ),
   connect_timeout: z.number().positive().default(120).describe(
     "seconds to wait for the first member of each group to publish its NCCL id",
+  ),
+  peer_all_reduce_bytes: z.number().int().nonnegative().default(PEER_BYTES).describe(
+    "the engine's all-reduces of at most this many bytes between GPUs of one machine run as one " +
+      "rankflow kernel over peer memory instead of NCCL (0: always NCCL)",
   ),
 }).strict();
 
@@ -43,7 +53,12 @@ export default definePlugin({
   description: "NCCL communicators per process group; collectives run inside the cuda engine's stream",
   options,
   create: (opts: z.infer<typeof options>, init) =>
-    createNcclBackend({ ...init, device: opts.device, timeoutMs: opts.connect_timeout * 1000 }),
+    createNcclBackend({
+      ...init,
+      device: opts.device,
+      timeoutMs: opts.connect_timeout * 1000,
+      peerBytes: opts.peer_all_reduce_bytes,
+    }),
 });
 
 export interface NcclBackendOptions {
@@ -55,6 +70,8 @@ export interface NcclBackendOptions {
   /** Store keys go under this prefix; backends of one job sharing a store use distinct ones. */
   prefix?: string;
   timeoutMs?: number;
+  /** The largest all-reduce, in bytes, that takes the peer path (default 1 MiB; 0: none does). */
+  peerBytes?: number;
 }
 
 const GROUP_NAMES = ["world", "tp", "dp"] as const;
@@ -79,11 +96,25 @@ export async function createNcclBackend(options: NcclBackendOptions): Promise<Nc
       const groupRank = ranks.indexOf(rank);
       if (groupRank === 0) await store.set(key, newUniqueId());
       const id = await store.get(key, options.timeoutMs ?? 120_000);
-      const comm = initRank(id, ranks.length, groupRank);
-      groups.set(
-        name,
-        new NcclGroup(name, groupRank, ranks, new NcclCommunicator(comm, groupRank, ranks.length), stream),
+      const communicator = new NcclCommunicator(
+        initRank(id, ranks.length, groupRank),
+        groupRank,
+        ranks.length,
       );
+      groups.set(name, new NcclGroup(name, groupRank, ranks, communicator, stream));
+      const peerBytes = options.peerBytes ?? PEER_BYTES;
+      if (ranks.length > 1 && peerBytes > 0) {
+        const peer = await connectPeers(
+          store,
+          key,
+          groupRank,
+          ranks.length,
+          peerBytes,
+          options.timeoutMs ?? 120_000,
+        );
+        if (peer instanceof PeerAllReduce) communicator.peer = peer;
+        else communicator.peerOff = peer.off;
+      }
     }
   } catch (error) {
     for (const group of groups.values()) group.communicator.destroy();
@@ -108,23 +139,47 @@ export class NcclBackend implements CollectiveBackend {
     return group;
   }
 
-  [Symbol.asyncDispose](): Promise<void> {
-    if (this.#closed) return Promise.resolve();
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.#closed) return;
     this.#closed = true;
     synchronize(this.stream);
-    for (const group of this.groups.values()) group.communicator.destroy();
+    for (const group of this.groups.values()) {
+      // No rank frees its region while another may still read it.
+      if (group.communicator.peer) await group.barrier();
+      group.communicator.destroy();
+    }
     checkCuda(cudart().cudaStreamDestroy(this.stream), "cudaStreamDestroy");
-    return Promise.resolve();
   }
 }
 
-/** One NCCL communicator: collectives over device memory, enqueued on the caller's stream. */
+/**
+ * One NCCL communicator: collectives over device memory, enqueued on the caller's stream. Small
+ * all-reduces go the peer path where the group has one.
+ */
 export class NcclCommunicator implements DeviceCommunicator {
   #destroyed = false;
+  peer?: PeerAllReduce;
+  /** Why the group has no peer path, where it was tried. */
+  peerOff?: string;
 
   constructor(readonly comm: bigint, readonly rank: number, readonly size: number) {}
 
   allReduce(
+    send: bigint,
+    recv: bigint,
+    count: number,
+    dtype: DType,
+    reduce: Reduction,
+    stream: bigint,
+  ): void {
+    if (this.peer?.fits(send, recv, count, dtype, reduce)) {
+      return this.peer.allReduce(send, recv, count, dtype, stream);
+    }
+    this.ncclAllReduce(send, recv, count, dtype, reduce, stream);
+  }
+
+  /** The all-reduce through NCCL alone (host tensors, which run on the backend's own stream, take this). */
+  ncclAllReduce(
     send: bigint,
     recv: bigint,
     count: number,
@@ -177,6 +232,7 @@ export class NcclCommunicator implements DeviceCommunicator {
   destroy(): void {
     if (this.#destroyed) return;
     this.#destroyed = true;
+    this.peer?.close();
     destroyComm(this.comm);
   }
 }
@@ -203,7 +259,8 @@ export class NcclGroup implements DeviceGroup {
     return this.#collective(
       t,
       t.shape,
-      (send, recv) => this.communicator.allReduce(send, recv, numel(t.shape), t.dtype, reduce, this.stream),
+      (send, recv) =>
+        this.communicator.ncclAllReduce(send, recv, numel(t.shape), t.dtype, reduce, this.stream),
     );
   }
 

@@ -142,3 +142,15 @@ Deno.test({
     );
   },
 });
+
+Deno.test({
+  name: `gpu: the peer all-reduce over ${TP} GPUs sums exactly, in place, across grids and in graph replays`,
+  ignore,
+  async fn() {
+    const script = join(new URL(".", import.meta.url).pathname, "workers", "peer_all_reduce_rank.ts");
+    const run = await rankflow(["launch", "--nproc-per-node", String(TP), "--timeout", "120", script]);
+    strictEqual(run.code, 0, run.stderr);
+    const line = rankZero(run.stdout, "peer all-reduce: ");
+    deepStrictEqual(line, [`${TP} ranks, 56 results exact`], run.stdout);
+  },
+});
