@@ -332,9 +332,11 @@ function printModel(name: string, { runs, f32 }: { runs: ModelRun[]; f32?: Model
     const first = run.ids.findIndex((id, i) => id !== one.ids[i]);
     const sameF32 = f32 ? `${run.ids.filter((id, i) => id === f32.ids[i]).length} of ${AGREE_STEPS}` : "—";
     console.log(
-      `| ${run.tp} ${run.path} | ${same} of ${AGREE_STEPS} | ${first < 0 ? "—" : first} | ${sameF32} | ${
-        compare(run.logits, one.logits)
-      } | ${f32 ? compare(run.logits, f32.logits) : "— | —"} |`,
+      `| ${run.tp}${run.path ? ` ${run.path}` : ""} | ${same} of ${AGREE_STEPS} | ${
+        first < 0 ? "—" : first
+      } | ${sameF32} | ${compare(run.logits, one.logits)} | ${
+        f32 ? compare(run.logits, f32.logits) : "— | —"
+      } |`,
     );
   }
   console.log(
@@ -351,7 +353,7 @@ function printModel(name: string, { runs, f32 }: { runs: ModelRun[]; f32?: Model
   for (const run of runs) {
     const d = run.decode;
     console.log(
-      `| ${run.tp} ${run.path} | ${(run.weightBytes / 1e9).toFixed(2)} | ${
+      `| ${run.tp}${run.path ? ` ${run.path}` : ""} | ${(run.weightBytes / 1e9).toFixed(2)} | ${
         cell(d[1].chained, one?.decode[1].chained)
       } | ${cell(d[1].wall, one?.decode[1].wall)} | ${cell(d[16].chained, one?.decode[16].chained)} | ${
         cell(d[16].wall, one?.decode[16].wall)
