@@ -154,3 +154,24 @@ Deno.test({
     deepStrictEqual(line, [`${TP} ranks, 56 results exact`], run.stdout);
   },
 });
+
+Deno.test({
+  name: `gpu: dp ${TP} over ${TP} GPUs: each replica generates its share on its own GPU, as one GPU does all`,
+  ignore,
+  async fn() {
+    await withTempDir(async (dir) => {
+      const pipeline = "pipelines/quickstart-dp-tp.yaml";
+      const sets = ["compile.use=cuda", "collectives.use=nccl", "world.tp=1", "serve.max_tokens=6"]
+        .flatMap((set) => ["--set", set]);
+      const split = await rankflow(["run", pipeline, ...moved(dir), ...sets, "--set", `world.dp=${TP}`]);
+      strictEqual(split.code, 0, split.stderr);
+      ok(split.stdout.includes(`starting ${TP} ranks: dp ${TP} × tp 1`), split.stdout);
+      ok(split.stdout.includes("[rank 1] replica 1: prompts"), split.stdout);
+      const one = await rankflow(["run", pipeline, ...moved(dir), ...sets, "--set", "world.dp=1"]);
+      strictEqual(one.code, 0, one.stderr);
+      const expected = one.stdout.split("\n").filter((line) => /^\[\d\] ids: /.test(line));
+      strictEqual(expected.length, 5, one.stdout);
+      deepStrictEqual(rankZero(split.stdout, "").filter((line) => /^\[\d\] ids: /.test(line)), expected);
+    });
+  },
+});
