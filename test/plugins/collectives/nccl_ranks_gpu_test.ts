@@ -11,35 +11,11 @@ import {
   rankZero,
   withTempDir,
 } from "../../core/pipeline/rank_processes.ts";
+import { FIXTURES, oracleOf, relativeError } from "../../oracle.ts";
 
-const FIXTURES = new URL("../../fixtures/", import.meta.url).pathname;
 const TP = 2;
 const ignore = gpus < TP;
 if (ignore && gpus > 0) console.log(`multi-GPU tests skipped: ${gpus} GPU here, they need ${TP}`);
-
-interface Oracle {
-  logit_ids: number[];
-  logits: number[][];
-  prompt_ids: number[];
-  greedy_ids: number[];
-}
-
-function oracleOf(name: string): Oracle {
-  return JSON.parse(Deno.readTextFileSync(join(FIXTURES, name, "oracle.json")));
-}
-
-/** ‖out − ref‖ / ‖ref‖ over every row. */
-function relativeError(rows: number[][], reference: number[][]): number {
-  let diff = 0;
-  let norm = 0;
-  rows.forEach((row, i) =>
-    row.forEach((v, j) => {
-      diff += Number.isFinite(v) ? (v - reference[i][j]) ** 2 : Infinity;
-      norm += reference[i][j] ** 2;
-    })
-  );
-  return Math.sqrt(diff / norm);
-}
 
 async function cli(args: string[]): Promise<Record<string, unknown>> {
   const run = await rankflow(args);
@@ -68,7 +44,7 @@ for (const name of ["tiny-llama", "tiny-qwen2", "tiny-gpt2"]) {
       ]);
       deepStrictEqual(ids, oracle.greedy_ids.slice(0, steps));
       const { logits } = await cli(["logits", dir, "--ids", oracle.logit_ids.join(","), ...engine]);
-      const error = relativeError(logits as number[][], oracle.logits);
+      const error = relativeError(logits as number[][], oracle.logits).relative;
       console.log(
         `${name} tp ${TP} f32: relative logit error ${error.toExponential(2)} against transformers`,
       );
@@ -86,8 +62,8 @@ Deno.test({
     const args = ["logits", dir, "--ids", oracle.logit_ids.join(","), "--engine", "cuda", "--dtype", "bf16"];
     const one = await cli([...args, "--tp", "1"]);
     const split = await cli([...args, "--tp", String(TP)]);
-    const error = relativeError(split.logits as number[][], one.logits as number[][]);
-    const againstHf = relativeError(split.logits as number[][], oracle.logits);
+    const error = relativeError(split.logits as number[][], one.logits as number[][]).relative;
+    const againstHf = relativeError(split.logits as number[][], oracle.logits).relative;
     console.log(
       `tiny-qwen2 bf16: tp ${TP} against tp 1 ${error.toExponential(2)}, against transformers (f32) ` +
         againstHf.toExponential(2),

@@ -16,15 +16,7 @@ import { makeSampler, sampleLogits } from "../../../core/serve/sampling.ts";
 import { Scheduler } from "../../../core/serve/scheduler.ts";
 import { MetricsRegistry } from "../../../core/serve/metrics.ts";
 import type { Sequences } from "../../../core/runtime/sequences.ts";
-
-const FIXTURES = new URL("../../fixtures/", import.meta.url).pathname;
-
-interface Oracle {
-  logit_ids: number[];
-  logits: number[][];
-  prompt_ids: number[];
-  greedy_ids: number[];
-}
+import { FIXTURES, oracleOf, relativeError } from "../../oracle.ts";
 
 /** Relative error ‖out − ref‖ / ‖ref‖ that each compute dtype must stay under against f32 HF logits. */
 const TOLERANCE: Record<string, number> = { f32: 1e-4, f16: 5e-3, bf16: 3e-2 };
@@ -33,26 +25,6 @@ async function build(name: string, dtype: DType, options = {}): Promise<CudaEngi
   using model = exportCheckpoint(join(FIXTURES, name), dtype);
   const weights = readGraphWeights(model.graph, model.weights);
   return await cudaBackend(options).build(model.graph, weights) as CudaEngine;
-}
-
-function oracleOf(name: string): Oracle {
-  return JSON.parse(Deno.readTextFileSync(join(FIXTURES, name, "oracle.json")));
-}
-
-function relativeError(rows: number[][], reference: number[][]): { relative: number; maxAbs: number } {
-  let diff = 0;
-  let norm = 0;
-  let maxAbs = 0;
-  rows.forEach((row, i) =>
-    row.forEach((v, j) => {
-      const d = v - reference[i][j];
-      if (!Number.isFinite(v)) diff = Infinity;
-      diff += d * d;
-      norm += reference[i][j] ** 2;
-      maxAbs = Math.max(maxAbs, Math.abs(d));
-    })
-  );
-  return { relative: Math.sqrt(diff / norm), maxAbs };
 }
 
 const CASES: [string, DType][] = [["tiny-llama", "f32"], ["tiny-qwen2", "bf16"], ["tiny-gpt2", "f16"]];

@@ -10,15 +10,7 @@ import { interpret } from "../../../core/runtime/interpreter.ts";
 import { generateGreedy, logitsOf } from "../../../core/runtime/generate.ts";
 import type { Engine } from "../../../core/runtime/engine.ts";
 import type { ExportedModel, StageContext } from "../../../core/pipeline/plugin.ts";
-
-const FIXTURES = new URL("../../fixtures/", import.meta.url).pathname;
-
-interface Oracle {
-  logit_ids: number[];
-  logits: number[][];
-  prompt_ids: number[];
-  greedy_ids: number[];
-}
+import { FIXTURES, oracleOf } from "../../oracle.ts";
 
 /** The reference interpreter behind the Engine interface that the generation loop speaks. */
 function referenceEngine(model: ExportedModel): Engine {
@@ -40,10 +32,6 @@ function context(baseDir: string): StageContext {
 
 async function exportFixture(name: string): Promise<ExportedModel> {
   return await hf.export(hf.options.parse({ path: name, dtype: "f32" }), context(FIXTURES));
-}
-
-function oracleOf(name: string): Oracle {
-  return JSON.parse(Deno.readTextFileSync(join(FIXTURES, name, "oracle.json")));
 }
 
 for (const name of ["tiny-llama", "tiny-qwen2", "tiny-gpt2"]) {
