@@ -80,19 +80,38 @@ export async function connectPeers(
   capacity: number,
   timeoutMs: number,
 ): Promise<PeerAllReduce | { off: string }> {
-  const k = kernels();
   const regions = new BigUint64Array(world);
+  let reason: string;
+  try {
+    reason = await mapRegions(store, key, rank, regions, capacity, timeoutMs);
+  } catch (error) {
+    release(regions, rank);
+    throw error;
+  }
+  if (!reason) return new PeerAllReduce(regions, rank, capacity);
+  release(regions, rank);
+  return { off: reason };
+}
+
+/** Fills `regions` (this rank's allocated, the others' mapped); returns why the path is off, or "". */
+async function mapRegions(
+  store: StoreClient,
+  key: string,
+  rank: number,
+  regions: BigUint64Array,
+  capacity: number,
+  timeoutMs: number,
+): Promise<string> {
+  const k = kernels();
+  const world = regions.length;
   let reason = "";
   const handle = new Uint8Array(HANDLE_BYTES);
   const out = new BigUint64Array(1);
   const allocated = k.rf_ipc_alloc(k.rf_peer_region_bytes(BigInt(capacity), world), out, handle);
   if (allocated === 0) regions[rank] = out[0];
   else reason = `rank ${rank} could not allocate an IPC region (cudaError ${allocated})`;
-  await store.set(
-    `${key}/peer/${rank}`,
-    JSON.stringify({ host: Deno.hostname(), handle: Array.from(handle) }),
-  );
   const host = Deno.hostname();
+  await store.set(`${key}/peer/${rank}`, JSON.stringify({ host, handle: Array.from(handle) }));
   for (let r = 0; r < world && !reason; r++) {
     if (r === rank) continue;
     const peer = JSON.parse(await store.getText(`${key}/peer/${r}`, timeoutMs));
@@ -104,14 +123,11 @@ export async function connectPeers(
     if (opened !== 0) reason = `rank ${rank} could not map rank ${r}'s memory (cudaError ${opened})`;
     else regions[r] = out[0];
   }
+  // A reason any rank had turns the path off on every rank: no rank waits in a kernel the others skip.
   await store.set(`${key}/peer-ok/${rank}`, reason);
   for (let r = 0; r < world; r++) {
     const theirs = r === rank ? reason : await store.getText(`${key}/peer-ok/${r}`, timeoutMs);
     if (theirs && !reason) reason = theirs;
   }
-  if (reason) {
-    release(regions, rank);
-    return { off: reason };
-  }
-  return new PeerAllReduce(regions, rank, capacity);
+  return reason;
 }
