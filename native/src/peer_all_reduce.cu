@@ -27,7 +27,6 @@ struct Regions {
   char* at[MAX_RANKS];
 };
 
-
 __device__ __forceinline__ void release_sys(uint32_t* flag, uint32_t value) {
   asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(flag), "r"(value) : "memory");
 }
