@@ -8,7 +8,7 @@ import { gpu } from "./gpu.ts";
 import { check, cudart, deviceAlloc, deviceFree, download, upload } from "../../ffi/cuda.ts";
 import { check as checkKernel, KERNEL_DTYPE, kernels } from "../../ffi/kernels.ts";
 import { type DType, tensor, toF32 } from "../../core/ir/tensor.ts";
-import { attentionValues, noise, stored } from "./values.ts";
+import { attentionValues, noise, stored, uploadAttention } from "./values.ts";
 
 const round = (values: number[], dtype: DType) => Array.from(stored(Float32Array.from(values), dtype).seen);
 
@@ -41,7 +41,8 @@ Deno.test({
           const half = headDim / 2;
           const scale = 1 / Math.sqrt(headDim);
           const shape = { tokens, heads, kvHeads, headDim, cacheSlots, maxLen };
-          const { qRow, kvRow, cacheSize, q, k, v, kCache, vCache, at } = attentionValues(draw, dtype, shape);
+          const values = attentionValues(draw, dtype, shape);
+          const { qRow, kvRow, cacheSize, q, k, v, kCache, vCache, at } = values;
 
           // The reference: rotate q and the new k (f64 angles, then rounded as the kernel rounds),
           // attend over the cached keys before the position and the new one.
@@ -96,25 +97,12 @@ Deno.test({
           const k_ = kernels();
           const scratchBytes = Number(k_.rf_decode_attention_scratch_bytes(tokens, heads, headDim, maxLen));
           const buffers = {
-            q: deviceAlloc(q.bytes.byteLength),
-            k: deviceAlloc(k.bytes.byteLength),
-            v: deviceAlloc(v.bytes.byteLength),
-            kCache: deviceAlloc(kCache.bytes.byteLength),
-            vCache: deviceAlloc(vCache.bytes.byteLength),
-            slots: deviceAlloc(4 * tokens),
-            positions: deviceAlloc(4 * tokens),
+            ...uploadAttention(values, slots, positions),
             scratch: deviceAlloc(scratchBytes),
             counters: deviceAlloc(4 * tokens * kvHeads),
             out: deviceAlloc(tokens * qRow * (dtype === "f32" ? 4 : 2)),
           };
           try {
-            upload(buffers.q, q.bytes);
-            upload(buffers.k, k.bytes);
-            upload(buffers.v, v.bytes);
-            upload(buffers.kCache, kCache.bytes);
-            upload(buffers.vCache, vCache.bytes);
-            upload(buffers.slots, Int32Array.from(slots));
-            upload(buffers.positions, Int32Array.from(positions));
             upload(buffers.counters, new Int32Array(tokens * kvHeads));
             const outs: Float32Array[] = [];
             for (let launch = 0; launch < 2; launch++) { // the second finds the counters reset

@@ -6,10 +6,10 @@
 
 import { ok } from "node:assert";
 import { gpu } from "./gpu.ts";
-import { check, cudart, deviceAlloc, deviceFree, download, upload } from "../../ffi/cuda.ts";
+import { check, cudart, deviceAlloc, deviceFree, download } from "../../ffi/cuda.ts";
 import { check as checkKernel, KERNEL_DTYPE, kernels } from "../../ffi/kernels.ts";
 import { type DType, tensor, toF32 } from "../../core/ir/tensor.ts";
-import { attentionValues, noise } from "./values.ts";
+import { attentionValues, noise, uploadAttention } from "./values.ts";
 
 Deno.test({
   name: "gpu: rf_attention of a prefill run equals attention over the caches, for head sizes 16 to 128",
@@ -31,7 +31,8 @@ Deno.test({
         const draw = noise(headDim * 17 + dtype.length);
         const scale = 1 / Math.sqrt(headDim);
         const shape = { tokens, heads, kvHeads, headDim, cacheSlots, maxLen };
-        const { qRow, kvRow, cacheSize, q, k, v, kCache, vCache, at } = attentionValues(draw, dtype, shape);
+        const values = attentionValues(draw, dtype, shape);
+        const { qRow, kvRow, cacheSize, q, k, v, kCache, vCache, at } = values;
 
         // The caches as the run leaves them: each token's k and v at its slot and position.
         const kWant = Float32Array.from(kCache.seen), vWant = Float32Array.from(vCache.seen);
@@ -69,25 +70,12 @@ Deno.test({
         const elem = dtype === "f32" ? 4 : 2;
         const scratchBytes = Number(k_.rf_attention_scratch_bytes(tokens, heads, headDim, maxLen));
         const buffers = {
-          q: deviceAlloc(q.bytes.byteLength),
-          k: deviceAlloc(k.bytes.byteLength),
-          v: deviceAlloc(v.bytes.byteLength),
+          ...uploadAttention(values, slots, positions),
           qOut: deviceAlloc(tokens * qRow * elem),
-          kCache: deviceAlloc(kCache.bytes.byteLength),
-          vCache: deviceAlloc(vCache.bytes.byteLength),
-          slots: deviceAlloc(4 * tokens),
-          positions: deviceAlloc(4 * tokens),
           scratch: deviceAlloc(Math.max(scratchBytes, 4)),
           out: deviceAlloc(tokens * qRow * elem),
         };
         try {
-          upload(buffers.q, q.bytes);
-          upload(buffers.k, k.bytes);
-          upload(buffers.v, v.bytes);
-          upload(buffers.kCache, kCache.bytes);
-          upload(buffers.vCache, vCache.bytes);
-          upload(buffers.slots, Int32Array.from(slots));
-          upload(buffers.positions, Int32Array.from(positions));
           const kd = KERNEL_DTYPE[dtype as "f32" | "f16" | "bf16"];
           const { q: bq, k: bk, v: bv, kCache: kc, vCache: vc } = buffers;
           const sizes = [tokens, heads, kvHeads, headDim, maxLen] as const;

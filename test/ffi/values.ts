@@ -1,6 +1,8 @@
-// Values for the kernel tests: repeatable draws, and what a dtype stores of them.
+// Values for the kernel tests: repeatable draws, what a dtype stores of them, and attention's
+// inputs on the device.
 
 import { castTensor, type DType, tensor, toF32 } from "../../core/ir/tensor.ts";
+import { deviceAlloc, upload } from "../../ffi/cuda.ts";
 
 /** Deterministic uniform draws in [-1, 1), so a failure repeats. */
 export function noise(seed: number): () => number {
@@ -43,4 +45,26 @@ export function attentionValues(draw: () => number, dtype: DType, shape: Attenti
   const vCache = values(cacheSize);
   const at = (slot: number, kvh: number, j: number) => ((slot * kvHeads + kvh) * maxLen + j) * headDim;
   return { qRow, kvRow, cacheSize, q, k, v, kCache, vCache, at };
+}
+
+/** An attention test's inputs in device memory: q, k, v, both caches, each token's slot and position. */
+export function uploadAttention(
+  values: ReturnType<typeof attentionValues>,
+  slots: number[],
+  positions: number[],
+): Record<"q" | "k" | "v" | "kCache" | "vCache" | "slots" | "positions", bigint> {
+  const put = (data: ArrayBufferView) => {
+    const pointer = deviceAlloc(data.byteLength);
+    upload(pointer, data);
+    return pointer;
+  };
+  return {
+    q: put(values.q.bytes),
+    k: put(values.k.bytes),
+    v: put(values.v.bytes),
+    kCache: put(values.kCache.bytes),
+    vCache: put(values.vCache.bytes),
+    slots: put(Int32Array.from(slots)),
+    positions: put(Int32Array.from(positions)),
+  };
 }
