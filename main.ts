@@ -12,6 +12,7 @@ import type { Engine } from "./core/runtime/engine.ts";
 import { generateGreedy, logitsOf } from "./core/runtime/generate.ts";
 import hf from "./plugins/export/hf.ts";
 import {
+  checkRankDevices,
   isRankEngineKind,
   RANK_ENGINES,
   rankEngine,
@@ -304,7 +305,8 @@ async function onRanks(
     dtype,
   ];
   if (ranks > 1 && !hasRankEnv()) {
-    // A plan that does not fit the model fails here, before any rank starts.
+    // A plan that does not fit the model, or the machine, fails here, before any rank starts.
+    checkRankDevices(kind, ranks);
     using exported = await exportCheckpoint(dir, dtype);
     shardGraph(exported.graph, { plan: "auto", group: "tp" }, { rank: 0, size: mesh.tp });
     writeOut(await runOnRanks(ranks, [...args, ...worldArgs]) + "\n");

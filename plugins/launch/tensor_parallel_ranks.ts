@@ -10,7 +10,8 @@ import { launch } from "../../core/dist/launcher.ts";
 import { type Job, joinJob } from "../../core/dist/context.ts";
 import type { Mesh } from "../../core/dist/group.ts";
 import { readGraphWeights } from "../../core/ir/weights.ts";
-import type { Engine } from "../../core/runtime/engine.ts";
+import { type Engine, EngineError } from "../../core/runtime/engine.ts";
+import { probeDevices } from "../../ffi/cuda.ts";
 import { buildEngine } from "../../core/pipeline/ranks.ts";
 import { cpuBackend } from "../engines/cpu.ts";
 import { cudaBackend } from "../engines/cuda.ts";
@@ -45,6 +46,20 @@ export function isRankEngineKind(name: string): name is RankEngineKind {
 
 function engineBackend(kind: RankEngineKind) {
   return kind === "cuda" ? cudaBackend() : cpuBackend();
+}
+
+/**
+ * Before any rank starts: cuda ranks take one GPU each (LOCAL_RANK), so a job of more ranks than
+ * this machine has GPUs is refused here rather than failing in its ranks.
+ */
+export function checkRankDevices(kind: RankEngineKind, ranks: number): void {
+  if (kind !== "cuda") return;
+  const probe = probeDevices();
+  if (probe.count >= ranks) return;
+  throw new EngineError(
+    `--engine cuda runs one rank per GPU: ${ranks} ranks need ${ranks} GPUs, this machine has ${probe.count}` +
+      (probe.reason ? ` (${probe.reason})` : ""),
+  );
 }
 
 /** The whole checkpoint on one engine of this process. */

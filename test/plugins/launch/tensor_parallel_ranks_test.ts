@@ -1,6 +1,7 @@
 // logits and generate over tensor-parallel rank processes, through the CLI as a user runs them.
 
 import { deepStrictEqual, ok, strictEqual } from "node:assert";
+import { gpus } from "../../ffi/gpu.ts";
 
 const main = new URL("../../../main.ts", import.meta.url).pathname;
 const fixtures = new URL("../../fixtures/", import.meta.url).pathname;
@@ -65,4 +66,28 @@ Deno.test("a tensor-parallel size the model's heads do not allow fails before an
     run.stderr,
   );
   ok(!run.stderr.includes("[rank"), "no rank printed anything: none was started");
+});
+
+Deno.test({
+  name: "--engine cuda over more ranks than this machine has GPUs fails before any rank starts",
+  ignore: gpus >= 2,
+  async fn() {
+    const run = await cli(
+      "generate",
+      `${fixtures}tiny-llama`,
+      "--ids",
+      "1,2",
+      "--engine",
+      "cuda",
+      "--tp",
+      "2",
+    );
+    strictEqual(run.code, 1);
+    ok(
+      new RegExp(`^error: --engine cuda runs one rank per GPU: 2 ranks need 2 GPUs, this machine has ${gpus}`)
+        .test(run.stderr),
+      run.stderr,
+    );
+    ok(!run.stderr.includes("[rank"), "no rank printed anything: none was started");
+  },
 });
