@@ -164,6 +164,7 @@ export class NcclCommunicator implements DeviceCommunicator {
 
   constructor(readonly comm: bigint, readonly rank: number, readonly size: number) {}
 
+  /** `peer: false` keeps the call on NCCL (host tensors, which run on the backend's own stream). */
   allReduce(
     send: bigint,
     recv: bigint,
@@ -171,22 +172,11 @@ export class NcclCommunicator implements DeviceCommunicator {
     dtype: DType,
     reduce: Reduction,
     stream: bigint,
+    peer = true,
   ): void {
-    if (this.peer?.fits(send, recv, count, dtype, reduce)) {
+    if (peer && this.peer?.fits(send, recv, count, dtype, reduce)) {
       return this.peer.allReduce(send, recv, count, dtype, stream);
     }
-    this.ncclAllReduce(send, recv, count, dtype, reduce, stream);
-  }
-
-  /** The all-reduce through NCCL alone (host tensors, which run on the backend's own stream, take this). */
-  ncclAllReduce(
-    send: bigint,
-    recv: bigint,
-    count: number,
-    dtype: DType,
-    reduce: Reduction,
-    stream: bigint,
-  ): void {
     check(
       nccl().ncclAllReduce(send, recv, BigInt(count), ncclType(dtype), NCCL_OP[reduce], this.comm, stream),
       "ncclAllReduce",
@@ -260,7 +250,7 @@ export class NcclGroup implements DeviceGroup {
       t,
       t.shape,
       (send, recv) =>
-        this.communicator.ncclAllReduce(send, recv, numel(t.shape), t.dtype, reduce, this.stream),
+        this.communicator.allReduce(send, recv, numel(t.shape), t.dtype, reduce, this.stream, false),
     );
   }
 
