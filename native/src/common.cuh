@@ -207,6 +207,15 @@ __device__ __forceinline__ void ldsm_x2(const void* row, uint32_t* r) {
                : "r"((unsigned)__cvta_generic_to_shared(row)));
 }
 
+// 16-byte copies global → shared that bypass registers (zero-filled where `valid` is false).
+__device__ __forceinline__ void copy_async(void* dst, const void* src, bool valid) {
+  const unsigned to = (unsigned)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(to), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void copies_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int PENDING>
+__device__ __forceinline__ void copies_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory"); }
+
 // Copies `keys` contiguous rows of head_dim elements (at most ROWS × MAX_DIM in all) into shared
 // rows `row_stride` apart, in two halves: fetch_rows issues a thread's 16-byte loads into `held`
 // (all in flight together), put_rows stores them. row_stride is even, so rows are 4-byte aligned
@@ -253,6 +262,18 @@ __device__ __forceinline__ void load_rows(const T* src, T* rows, int keys, int h
   uint4 held[RowUnits<T, ROWS, MAX_DIM, THREADS>::COUNT];
   fetch_rows<T, ROWS, MAX_DIM, THREADS>(src, held, keys, head_dim);
   put_rows<T, ROWS, MAX_DIM, THREADS>(held, rows, keys, head_dim, row_stride);
+}
+
+// The same rows through cp.async, past the registers (row_stride a multiple of 16 bytes): the
+// copies are queued, and land once the thread waits for them (copies_wait) and the block meets.
+template <typename T, int THREADS>
+__device__ __forceinline__ void copy_rows_async(const T* src, T* rows, int keys, int head_dim, int row_stride) {
+  constexpr int V = 16 / sizeof(T);
+  const int per_row = head_dim / V;
+  for (int unit = threadIdx.x; unit < keys * per_row; unit += THREADS) {
+    const int j = unit / per_row;
+    copy_async(rows + j * row_stride + (unit - j * per_row) * V, src + unit * V, true);
+  }
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -54,8 +54,10 @@ struct Merging {
   }
 };
 
+// On tensor cores, 64-key blocks take at most 72 registers (the bound asks for 80; the merge's 5
+// chunks in flight keep it at 72), so that two fit beside a block of a one-row product.
 template <typename T, int KEYS, bool MMA>
-__global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? 1 : DECODE_MANY_BLOCKS) decode_attention_kernel(
+__global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : DECODE_MANY_BLOCKS) decode_attention_kernel(
     const T* q, int64_t ldq, const T* k, int64_t ldk, const T* v, int64_t ldv, T* k_cache, T* v_cache,
     const int32_t* slots, const int32_t* cache_pos, const int32_t* rope_pos, int64_t rope_period, int rope_q,
     int rope_k, float theta, int heads, int kv_heads, int head_dim, int64_t max_len, float scale, float* scratch,
@@ -103,10 +105,17 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? 1 : DECODE_MANY_B
   // load them after: holding both would take registers enough to cost resident blocks.
   using Units = RowUnits<T, KEYS, MAX_HEAD_DIM, DTHREADS>;
   constexpr bool ahead = KEYS == MIN_KEYS;
-  uint4 cached_k[ahead ? Units::COUNT : 1], cached_v[ahead ? Units::COUNT : 1];
-  if constexpr (ahead) {
+  // on tensor cores (16-byte aligned rows) they go straight to shared memory, and are waited for
+  // only after q, k and v are loaded
+  constexpr bool in_registers = ahead && !MMA;
+  uint4 cached_k[in_registers ? Units::COUNT : 1], cached_v[in_registers ? Units::COUNT : 1];
+  if constexpr (in_registers) {
     fetch_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(k_cache + cache_row, cached_k, earlier, head_dim);
     fetch_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(v_cache + cache_row, cached_v, earlier, head_dim);
+  } else if constexpr (ahead) {
+    copy_rows_async<T, DTHREADS>(k_cache + cache_row, k_rows, earlier, head_dim, row_stride);
+    copy_rows_async<T, DTHREADS>(v_cache + cache_row, v_rows, earlier, head_dim, row_stride);
+    copies_commit();
   }
   if (rope_q || rope_k) {
     // positions, like slots and cache positions, are copied in before the step's first kernel
@@ -115,10 +124,10 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? 1 : DECODE_MANY_B
       decode_rope_angle(p, d, head_dim, theta, &rot_cos[d], &rot_sin[d]);
     }
   }
-  if constexpr (ahead) {
+  if constexpr (in_registers) {
     put_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(cached_k, k_rows, earlier, head_dim, row_stride);
     put_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(cached_v, v_rows, earlier, head_dim, row_stride);
-  } else {
+  } else if constexpr (!ahead) {
     load_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(k_cache + cache_row, k_rows, earlier, head_dim, row_stride);
     load_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(v_cache + cache_row, v_rows, earlier, head_dim, row_stride);
   }
@@ -185,6 +194,7 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? 1 : DECODE_MANY_B
     vc[d] = va;
     vc[d + half] = vb;
   }
+  if constexpr (ahead && MMA) copies_wait<0>();
   __syncthreads();
   RF_TRACE_MARK(0);
   pdl_trigger();
@@ -287,10 +297,10 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? 1 : DECODE_MANY_B
   __threadfence();
   RF_TRACE_MARK(5);
   // A thread takes 4 values of one q head (16-byte loads) and every ways-th chunk, in one pass with a
-  // running max, 8 of its chunks' loads in flight at a time. Where there are more chunks than that,
-  // the threads split them (ways > 1), and the parts of each 4 values merge in shared memory (in the
-  // rows' room), in a fixed order.
-  constexpr int AHEAD = 8;
+  // running max, 5 of its chunks' loads in flight at a time (more would cost the kernel registers).
+  // Where there are more chunks than that, the threads split them (ways > 1), and the parts of each
+  // 4 values merge in shared memory (in the rows' room), in a fixed order.
+  constexpr int AHEAD = 5;
   const int vecs = group * head_dim / 4;  // at most DTHREADS
   const int ways = used <= AHEAD ? 1 : DTHREADS / vecs;
   const int vec = threadIdx.x % vecs, way = threadIdx.x / vecs;

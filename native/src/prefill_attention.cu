@@ -37,15 +37,6 @@ __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t src_stri
   }
 }
 
-// 16-byte copies global → shared that bypass registers (zero-filled where `valid` is false).
-__device__ __forceinline__ void copy_async(void* dst, const void* src, bool valid) {
-  const unsigned to = (unsigned)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(to), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void copies_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int PENDING>
-__device__ __forceinline__ void copies_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory"); }
-
 // Queues the copy of `count` rows of HD elements (row r at src + r * HD) into shared rows of
 // HD + PAD, zeros from row `count` on, so that masked keys never bring NaN bit patterns into a product.
 template <typename T, int HD>
