@@ -90,8 +90,8 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
   const int used = (int)(pos / KEYS) + 1;  // chunks holding keys of this token
   RF_TRACE_START();
   if (keys <= 0) {
-    pdl_wait();
-    pdl_trigger();
+    // past the token's keys: nothing to wait for (the blocks that work wait for the kernel before,
+    // so the kernel after still follows it), and the slot frees at once
     RF_TRACE_WAITED();
     RF_TRACE_END(RF_TRACE_IDLE, 0);
     return;

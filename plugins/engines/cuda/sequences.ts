@@ -1,9 +1,10 @@
 // KV-cache slots on the device. Every step runs all its sequences' tokens as one flat batch: each
 // token carries its slot and position, writes its k and v into its slot's cache and attends to
 // the slot's cache up to itself, so prompts, decode tokens and sequences at different positions
-// mix freely. A decode step (one id per sequence) is captured once per batch-size bucket into a
-// CUDA graph that copies the step's ids in, runs every layer, picks the argmax and copies the ids
-// out; replaying it is one FFI call. decodeGreedy chains such steps on the device (a second graph
+// mix freely. A decode step (one id per sequence) is captured once per batch-size bucket and span
+// (the positions its attention covers: a power of two up to the pool's length) into a CUDA graph
+// that copies the step's ids in, runs every layer, picks the argmax and copies the ids out;
+// replaying it is one FFI call. decodeGreedy chains such steps on the device (a second graph
 // whose first kernel feeds the step before's argmax back in), so that the host launches many steps
 // without waiting for any and reads their ids once.
 
@@ -50,6 +51,14 @@ interface Graph {
 /** Steps of a chain whose ids the device keeps until the host reads them after the chain's last. */
 export const CHAIN_STEPS = 64;
 
+/**
+ * The fewest positions a decode graph's attention covers. A graph's attention launches blocks for
+ * every chunk of its span, and those past a token's position return at once: spans are powers of
+ * two from here up to the pool's length, so that a short sequence in a long pool does not pay for
+ * the whole pool.
+ */
+export const MIN_SPAN = 256;
+
 /** decodeGreedy's ids on the device ([CHAIN_STEPS + 1][entries]), their count, and their pinned copy. */
 interface ChainBuffers {
   history: bigint;
@@ -84,9 +93,12 @@ export class CudaSequences implements Sequences {
   /** rf_sample's scratch (rf_sample_scratch_bytes), allocated and zeroed at the first draw. */
   #sampling = 0n;
   readonly #arena: bigint;
-  readonly #graphs = new Map<number, Graph>();
-  /** Per bucket: the decode step that takes its ids from the step before (decodeGreedy). */
-  readonly #chained = new Map<number, Graph>();
+  /** Per bucket and span (graphKey): the decode step. */
+  readonly #graphs = new Map<string, Graph>();
+  /** Per bucket and span: the decode step that takes its ids from the step before (decodeGreedy). */
+  readonly #chained = new Map<string, Graph>();
+  /** Per bucket: the key of the graph it replayed last (replayDecodeMs replays that one). */
+  readonly #lastGraph = new Map<number, string>();
   #chain?: ChainBuffers;
   readonly #allocations: bigint[] = [];
   #disposed = false;
@@ -217,27 +229,39 @@ export class CudaSequences implements Sequences {
       return ids;
     }
     const bucket = nextPowerOfTwo(batch.length);
-    // the first step of a bucket runs eagerly and captures the bucket's graph
-    const first = !this.#graphs.has(bucket) || count === 1 ? this.#decode(batch, "greedy").ids! : undefined;
+    // every step of the chain runs on graphs of the span of its last
+    const span = this.#span(Math.max(...batch.map((entry) => entry.start)) + count);
+    // the first step of a bucket and span runs eagerly and captures their graph
+    const first = !this.#graphs.has(graphKey(bucket, span)) || count === 1
+      ? this.#decode(batch, "greedy", span).ids!
+      : undefined;
     if (count === 1) return [first!];
-    return this.#launchChain(batch, bucket, { tokens: bucket, entries: bucket }, count, first);
+    return this.#launchChain(batch, bucket, span, count, first);
+  }
+
+  /** The span of a decode graph whose tokens reach `positions` positions. */
+  #span(positions: number): number {
+    return Math.min(this.maxLength, Math.max(MIN_SPAN, nextPowerOfTwo(positions)));
   }
 
   /** Launches step 1 (unless `first` holds its ids already) and `count - 1` chained steps, then reads. */
   #launchChain(
     batch: SequenceStep[],
     bucket: number,
-    layout: StepLayout,
+    span: number,
     count: number,
     first?: number[],
   ): number[][] {
     const ctx = this.#engine.ctx;
     const c = cudart();
     const chain = this.#chainBuffers();
-    const chained = this.#chainedGraph(bucket, layout, chain);
+    const chained = this.#chainedGraph(bucket, span, chain);
     if (!first) {
-      this.#fill(batch, layout);
-      checkCuda(c.cudaGraphLaunch(this.#graphs.get(bucket)!.exec, ctx.stream), "decode graph launch");
+      this.#fill(batch, { tokens: bucket, entries: bucket });
+      checkCuda(
+        c.cudaGraphLaunch(this.#graphs.get(graphKey(bucket, span))!.exec, ctx.stream),
+        "decode graph launch",
+      );
     }
     checkCuda(c.cudaMemsetAsync(chain.count, 0, 4n, ctx.stream), "cudaMemsetAsync");
     for (let n = 1; n < count; n++) {
@@ -279,15 +303,16 @@ export class CudaSequences implements Sequences {
     return this.#chain;
   }
 
-  /** The decode step of a bucket whose first kernel takes the ids from the step before's argmax. */
-  #chainedGraph(bucket: number, layout: StepLayout, chain: ChainBuffers): Graph {
-    let graph = this.#chained.get(bucket);
+  /** The decode step of a bucket and span whose first kernel takes the ids from the step before's argmax. */
+  #chainedGraph(bucket: number, span: number, chain: ChainBuffers): Graph {
+    const key = graphKey(bucket, span);
+    let graph = this.#chained.get(key);
     if (graph) return graph;
     const stream = this.#engine.ctx.stream;
     this.#engine.ctx.synchronize();
     let logits: View | undefined;
     const captured = captureGraph(stream, () => {
-      const bound = this.#bind(this.#arena, layout, this.maxLength);
+      const bound = this.#bind(this.#arena, { tokens: bucket, entries: bucket }, span);
       checkKernel(
         kernels().rf_decode_advance(
           this.#meta,
@@ -306,7 +331,7 @@ export class CudaSequences implements Sequences {
       this.#argmax(logits, stream);
     });
     graph = { ...captured, logits: logits! };
-    this.#chained.set(bucket, graph);
+    this.#chained.set(key, graph);
     return graph;
   }
 
@@ -550,25 +575,31 @@ export class CudaSequences implements Sequences {
     );
   }
 
-  #decode(batch: SequenceStep[], pick: Pick): { logits?: Tensor; ids?: number[] } {
+  #decode(
+    batch: SequenceStep[],
+    pick: Pick,
+    span = this.#span(Math.max(...batch.map((entry) => entry.start)) + 1),
+  ): { logits?: Tensor; ids?: number[] } {
     const bucket = nextPowerOfTwo(batch.length);
     const layout = { tokens: bucket, entries: bucket };
     this.#fill(batch, layout);
-    const graph = this.#options.graphs ? this.#graphs.get(bucket) : undefined;
+    const key = graphKey(bucket, span);
+    const graph = this.#options.graphs ? this.#graphs.get(key) : undefined;
     let logits: View;
     if (graph) {
       checkKernel(kernels().rf_graph_launch_sync(graph.exec, this.#engine.ctx.stream), "decode graph replay");
       logits = graph.logits;
     } else {
-      // The first step of a bucket runs eagerly (choosing cuBLASLt algorithms), then is captured.
-      logits = this.#enqueue(layout, this.maxLength, true).logits;
+      // The first step of a bucket and span runs eagerly (choosing cuBLASLt algorithms), then is captured.
+      logits = this.#enqueue(layout, span, true).logits;
       this.#engine.ctx.synchronize();
       if (this.#options.graphs) {
         const stream = this.#engine.ctx.stream;
-        const captured = captureGraph(stream, () => this.#enqueue(layout, this.maxLength, true));
-        this.#graphs.set(bucket, { ...captured, logits });
+        const captured = captureGraph(stream, () => this.#enqueue(layout, span, true));
+        this.#graphs.set(key, { ...captured, logits });
       }
     }
+    this.#lastGraph.set(bucket, key);
     if (Array.isArray(pick)) {
       this.#draw(logits, pick);
       this.#engine.ctx.synchronize();
@@ -578,12 +609,13 @@ export class CudaSequences implements Sequences {
   }
 
   /**
-   * Device time of one decode step (ms), for benchmarks: the captured graph of a batch of `size`
-   * replayed `replays` times back to back, so that the host's wait between steps stays out. The
-   * replays redo the last step (same ids and positions); the pool's lengths do not change.
+   * Device time of one decode step (ms), for benchmarks: the graph of a batch of `size` that ran
+   * last replayed `replays` times back to back, so that the host's wait between steps stays out.
+   * The replays redo the last step (same ids and positions); the pool's lengths do not change.
    */
   replayDecodeMs(size: number, replays: number): number {
-    const graph = this.#graphs.get(nextPowerOfTwo(size));
+    const key = this.#lastGraph.get(nextPowerOfTwo(size));
+    const graph = key === undefined ? undefined : this.#graphs.get(key);
     if (!graph) throw new EngineError(`no decode graph for a batch of ${size} yet: run a decode step first`);
     const stream = this.#engine.ctx.stream;
     const c = cudart();
@@ -611,7 +643,11 @@ export class CudaSequences implements Sequences {
     if (layout.tokens > this.#tokens) {
       throw new EngineError(`a profiled step takes at most ${this.#tokens} tokens, not ${layout.tokens}`);
     }
-    const bound = this.#bind(this.#arena, layout, this.maxLength);
+    const bound = this.#bind(
+      this.#arena,
+      layout,
+      this.#span(Math.max(...batch.map((e) => e.start + e.ids.length))),
+    );
     const stream = this.#engine.ctx.stream;
     const c = cudart();
     this.#copyStep(stream);
@@ -679,6 +715,10 @@ export class CudaSequences implements Sequences {
 /** The entries' next decode steps: `ids` in, `by` positions on. */
 function nextSteps(batch: SequenceStep[], ids: number[], by: number): SequenceStep[] {
   return batch.map((entry, row) => ({ slot: entry.slot, ids: [ids[row]], start: entry.start + by }));
+}
+
+function graphKey(bucket: number, span: number): string {
+  return `${bucket}:${span}`;
 }
 
 function nextPowerOfTwo(n: number): number {

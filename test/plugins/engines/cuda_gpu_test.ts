@@ -8,7 +8,7 @@ import { exportCheckpoint } from "../../../plugins/export/hf.ts";
 import { readGraphWeights } from "../../../core/ir/weights.ts";
 import { cudaBackend } from "../../../plugins/engines/cuda.ts";
 import type { CudaEngine } from "../../../plugins/engines/cuda/engine.ts";
-import { CHAIN_STEPS } from "../../../plugins/engines/cuda/sequences.ts";
+import { CHAIN_STEPS, MIN_SPAN } from "../../../plugins/engines/cuda/sequences.ts";
 import { cpuBackend } from "../../../plugins/engines/cpu.ts";
 import { emptyCaches, generateGreedy, logitsOf, step } from "../../../core/runtime/generate.ts";
 import { type DType, toF32 } from "../../../core/ir/tensor.ts";
@@ -234,6 +234,36 @@ Deno.test({
     deepStrictEqual(chained.tokens, stepwise.tokens);
     deepStrictEqual(chained.tokens.map((t) => t.length), [21, 14, 4]);
     ok(chained.runs >= 3, `${chained.runs} chained runs`);
+  },
+});
+
+Deno.test({
+  name: "gpu: decode graphs of a long pool cover the span their positions reach, across the span's end",
+  ignore: !gpu,
+  async fn() {
+    using engine = await build("tiny-llama", "f32");
+    const base = oracleOf("tiny-llama").prompt_ids;
+    // position 256 is the first past the smallest span: step by step across it, then chained
+    // steps (one graph for a chain that ends in the next span), then a step's logits
+    const prompt = Array.from({ length: MIN_SPAN - 16 }, (_, i) => base[(i * 5) % base.length]);
+    const run = async (maxLength: number, graphs: boolean) => {
+      using pool = engine.sequences({ slots: 1, maxLength, graphs });
+      let [id] = await pool.greedy([{ slot: 0, ids: prompt, start: 0 }]);
+      const ids = [id];
+      for (let start = prompt.length; start < MIN_SPAN + 4; start++) {
+        [id] = await pool.greedy([{ slot: 0, ids: [id], start }]);
+        ids.push(id);
+      }
+      const chained = await pool.decodeGreedy([{ slot: 0, ids: [id], start: MIN_SPAN + 4 }], 40);
+      ids.push(...chained.map(([next]) => next));
+      const logits = await pool.step([{ slot: 0, ids: [ids.at(-1)!], start: MIN_SPAN + 44 }]);
+      return { ids, logits: Array.from(toF32(logits)) };
+    };
+    // a pool just long enough, without graphs, against a pool of 4096 positions with them
+    const exact = await run(MIN_SPAN + 48, false);
+    const long = await run(16 * MIN_SPAN, true);
+    deepStrictEqual(long.ids, exact.ids, "a pool of 4096 positions picked other ids");
+    deepStrictEqual(long.logits, exact.logits, "a pool of 4096 positions gave other logits");
   },
 });
 
