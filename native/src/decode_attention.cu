@@ -100,19 +100,18 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
   const bool own = pos < key_start + KEYS;  // this chunk holds the token's own position
   const int earlier = own ? keys - 1 : keys;
   const int half = head_dim / 2;
-  // With 64-key chunks (few tokens) the cached keys' and values' loads go out first, together, and
-  // the rotation's angles are worked out while they are in flight. 128-key chunks (many tokens)
-  // load them after: holding both would take registers enough to cost resident blocks.
+  // The cached keys' and values' loads go out first, and the rotation's angles are worked out
+  // while they are in flight. On tensor cores (rows 16-byte aligned) they are copied straight to
+  // shared memory (cp.async) and waited for only once q, k and v are loaded too. Otherwise 64-key
+  // chunks (few tokens) hold them in registers; 128-key chunks (many tokens) load them after the
+  // angles: holding both would take registers enough to cost resident blocks.
   using Units = RowUnits<T, KEYS, MAX_HEAD_DIM, DTHREADS>;
-  constexpr bool ahead = KEYS == MIN_KEYS;
-  // on tensor cores (16-byte aligned rows) they go straight to shared memory, and are waited for
-  // only after q, k and v are loaded
-  constexpr bool in_registers = ahead && !MMA;
+  constexpr bool in_registers = KEYS == MIN_KEYS && !MMA;
   uint4 cached_k[in_registers ? Units::COUNT : 1], cached_v[in_registers ? Units::COUNT : 1];
   if constexpr (in_registers) {
     fetch_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(k_cache + cache_row, cached_k, earlier, head_dim);
     fetch_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(v_cache + cache_row, cached_v, earlier, head_dim);
-  } else if constexpr (ahead) {
+  } else if constexpr (MMA) {
     copy_rows_async<T, DTHREADS>(k_cache + cache_row, k_rows, earlier, head_dim, row_stride);
     copy_rows_async<T, DTHREADS>(v_cache + cache_row, v_rows, earlier, head_dim, row_stride);
     copies_commit();
@@ -127,7 +126,7 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
   if constexpr (in_registers) {
     put_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(cached_k, k_rows, earlier, head_dim, row_stride);
     put_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(cached_v, v_rows, earlier, head_dim, row_stride);
-  } else if constexpr (!ahead) {
+  } else if constexpr (!MMA) {
     load_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(k_cache + cache_row, k_rows, earlier, head_dim, row_stride);
     load_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(v_cache + cache_row, v_rows, earlier, head_dim, row_stride);
   }
@@ -194,7 +193,7 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
     vc[d] = va;
     vc[d + half] = vb;
   }
-  if constexpr (ahead && MMA) copies_wait<0>();
+  if constexpr (MMA) copies_wait<0>();
   __syncthreads();
   RF_TRACE_MARK(0);
   pdl_trigger();
