@@ -19,8 +19,8 @@
 #include "common.cuh"
 
 static const int DTHREADS = 256;
-// 128-key chunks (many tokens) in at most 80 registers, three blocks a multiprocessor (a traced
-// build needs more registers)
+// 128-key chunks (many tokens, long spans) in at most 80 registers, three blocks a multiprocessor (a
+// traced build needs more registers)
 #ifdef RF_TRACE
 #define DECODE_MANY_BLOCKS 1
 #else
@@ -30,10 +30,13 @@ static const int MIN_KEYS = 64;  // keys per block: 64, or 128 where tokens × k
 static const int MAX_GROUP = 8;
 static const int MAX_HEAD_DIM = 128;
 
-// The angle as rf_qkv_prepare computes it; not inlined, which keeps sincosf's long argument
-// reduction out of this kernel's registers.
-__device__ __noinline__ void decode_rope_angle(int64_t p, int i, int head_dim, float theta, float* c, float* s) {
-  const float inverse = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+// The angle as rf_qkv_prepare computes it, in two parts: the inverse frequency of pair i, and the
+// angle's cosine and sine at position p. Not inlined, which keeps powf's and sincosf's long
+// argument reductions out of this kernel's registers.
+__device__ __noinline__ float decode_inverse_frequency(int i, int head_dim, float theta) {
+  return 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+}
+__device__ __noinline__ void decode_rope_angle(int64_t p, float inverse, float* c, float* s) {
   sincosf((float)p * inverse, s, c);
 }
 
@@ -83,8 +86,16 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
   const int kvh = blockIdx.y;
   const int chunk = blockIdx.z;
   const int chunks = gridDim.z;
+  // Slot, cache position and rotary position, copied in before the step's first kernel, are read
+  // before the wait and together: a block that starts late (its multiprocessor busy with the
+  // product before) pays one round trip for them, not two behind its own cached rows' copies.
   const int64_t slot = slots[t];
   const int64_t pos = cache_pos[t];
+  const int64_t rotary = rope_q || rope_k ? rope_pos[t % rope_period] : 0;
+  const int half = head_dim / 2;  // at most DTHREADS
+  // the inverse frequency of this thread's pair, worked out while those loads are in flight
+  const float inverse =
+      (rope_q || rope_k) && threadIdx.x < half ? decode_inverse_frequency(threadIdx.x, head_dim, theta) : 0.f;
   const int64_t key_start = (int64_t)chunk * KEYS;
   const int keys = (int)min((int64_t)KEYS, pos + 1 - key_start);
   const int used = (int)(pos / KEYS) + 1;  // chunks holding keys of this token
@@ -99,12 +110,11 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
   const int64_t cache_row = ((slot * kv_heads + kvh) * max_len + key_start) * head_dim;
   const bool own = pos < key_start + KEYS;  // this chunk holds the token's own position
   const int earlier = own ? keys - 1 : keys;
-  const int half = head_dim / 2;
   // The cached keys' and values' loads go out first, and the rotation's angles are worked out
   // while they are in flight. On tensor cores (rows 16-byte aligned) they are copied straight to
   // shared memory (cp.async) and waited for only once q, k and v are loaded too. Otherwise 64-key
-  // chunks (few tokens) hold them in registers; 128-key chunks (many tokens) load them after the
-  // angles: holding both would take registers enough to cost resident blocks.
+  // chunks hold them in registers; 128-key chunks load them after the angles: holding both would
+  // take registers enough to cost resident blocks.
   using Units = RowUnits<T, KEYS, MAX_HEAD_DIM, DTHREADS>;
   constexpr bool in_registers = KEYS == MIN_KEYS && !MMA;
   uint4 cached_k[in_registers ? Units::COUNT : 1], cached_v[in_registers ? Units::COUNT : 1];
@@ -116,12 +126,8 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
     copy_rows_async<T, DTHREADS>(v_cache + cache_row, v_rows, earlier, head_dim, row_stride);
     copies_commit();
   }
-  if (rope_q || rope_k) {
-    // positions, like slots and cache positions, are copied in before the step's first kernel
-    const int64_t p = rope_pos[t % rope_period];
-    for (int d = threadIdx.x; d < half; d += DTHREADS) {
-      decode_rope_angle(p, d, head_dim, theta, &rot_cos[d], &rot_sin[d]);
-    }
+  if ((rope_q || rope_k) && threadIdx.x < half) {
+    decode_rope_angle(rotary, inverse, &rot_cos[threadIdx.x], &rot_sin[threadIdx.x]);
   }
   if constexpr (in_registers) {
     put_rows<T, KEYS, MAX_HEAD_DIM, DTHREADS>(cached_k, k_rows, earlier, head_dim, row_stride);
@@ -379,9 +385,10 @@ extern "C" int rf_decode_attention(int dtype, const void* q, int ldq, const void
   }
   if ((rope_q || rope_k) && (!rope_pos || rope_period <= 0)) return static_cast<int>(cudaErrorInvalidValue);
   const int group = heads / kv_heads;
-  // 64-key chunks spread a few tokens over the GPU; with many tokens, 128-key chunks halve the
-  // blocks and the chunks each merge reads.
-  const int keys = tokens * kv_heads >= 32 ? 128 : 64;
+  // 64-key chunks spread a few tokens over the GPU; with many tokens, or spans past 512 positions,
+  // 128-key chunks halve the blocks (more of them find room while the product before still runs)
+  // and the chunks each merge reads.
+  const int keys = tokens * kv_heads >= 32 || span > 512 ? 128 : 64;
   const int chunks = decode_chunks(span, keys);
   const dim3 grid((unsigned)tokens, (unsigned)kv_heads, (unsigned)chunks);
   RF_DISPATCH(dtype, {
