@@ -3,8 +3,10 @@
 //   cmake -S . -B build/trace -DRANKFLOW_TRACE=ON && cmake --build build/trace --target rankflow_kernels
 //   RANKFLOW_KERNELS_PATH=$PWD/build/trace/librankflow_kernels.so deno task trace:gpu [checkpoint dir]
 // It prints each launch of the step (its first block's start, the first and last return from its
-// wait, its first and last block's end), the gaps of an average layer, and the phases of the
-// decode-attention blocks. The checkpoint is the bench's (bench/make_llama.py).
+// wait, its first and last block's end), the gaps of an average layer, where qkv's and attention's
+// blocks ran, and the phases of the decode-attention blocks. RANKFLOW_TRACE_JSON=prefix also writes
+// every block (with its multiprocessor in marks[7]) to prefix.<context>.json. The checkpoint is the
+// bench's (bench/make_llama.py).
 
 import { exportCheckpoint } from "../plugins/export/hf.ts";
 import { readGraphWeights } from "../core/ir/weights.ts";
@@ -124,6 +126,24 @@ function report(list: Launch[]): void {
         `waits spread ${mean((l) => at(name, l).waitLast - at(name, l).waitFirst)}`,
     );
   }
+  // Where the blocks ran (%smid, mark 7): how many multiprocessors qkv took and how many of them
+  // hold two of its blocks, and how many attention blocks started before qkv ended.
+  const sms = (blocks: Block[]) => {
+    const count = new Map<number, number>();
+    for (const b of blocks) count.set(b.marks[7], (count.get(b.marks[7]) ?? 0) + 1);
+    return count;
+  };
+  const per = (f: (l: number) => number) =>
+    (Array.from({ length: layers }, (_, l) => f(l)).reduce((a, b) => a + b, 0) / layers).toFixed(1);
+  const qkvAt = (l: number) => byName.get("qkv")![l];
+  const attentionAt = (l: number) => byName.get("attention")![l];
+  console.log(
+    `  qkv's blocks on ${per((l) => sms(qkvAt(l).blocks).size)} multiprocessors, ` +
+      `${per((l) => [...sms(qkvAt(l).blocks).values()].filter((n) => n > 1).length)} with two; ` +
+      `attention blocks started before qkv's end ${
+        per((l) => attentionAt(l).blocks.filter((b) => b.start < qkvAt(l).end).length)
+      } of ${per((l) => attentionAt(l).blocks.length)}`,
+  );
   const attention = list.filter((l) => l.name === "attention").flatMap((l) => l.blocks).filter((b) =>
     b.marks[0] > 0
   );
@@ -179,7 +199,10 @@ try {
     if (traced.symbols.rf_trace_set(buffer) !== 0) throw new Error("rf_trace_set failed");
     pool.replayDecodeMs(1, 1);
     if (traced.symbols.rf_trace_set(0n) !== 0) throw new Error("rf_trace_set failed");
-    report(launches(readBlocks(buffer)));
+    const list = launches(readBlocks(buffer));
+    report(list);
+    const dump = Deno.env.get("RANKFLOW_TRACE_JSON");
+    if (dump) Deno.writeTextFileSync(`${dump}.${context}.json`, JSON.stringify(list));
   }
 } finally {
   deviceFree(buffer);

@@ -46,7 +46,8 @@ __device__ __forceinline__ void pdl_trigger() {
 // bench/trace_step.ts). Thread 0 of each block of a traced kernel appends a record to the
 // buffer rf_trace_set names (u64 0 counts records; records of 12 u64 from u64 8): when the block started,
 // when its wait returned, when it ended (%globaltimer, ns), a tag (kind << 56 | extra << 32 |
-// blocks in the grid << 16 | block) and 8 marks (times within the block, 0 where unused).
+// blocks in the grid << 16 | block) and 8 marks: 0 to 6 times within the block (0 where unused),
+// 7 the multiprocessor it ran on (%smid).
 enum { RF_TRACE_PRODUCT = 1, RF_TRACE_ATTENTION, RF_TRACE_MERGE, RF_TRACE_IDLE, RF_TRACE_GATHER, RF_TRACE_ARGMAX };
 #ifdef RF_TRACE
 static __device__ unsigned long long* rf_trace_buf;
@@ -55,9 +56,14 @@ __device__ __forceinline__ unsigned long long rf_now() {
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
 }
+__device__ __forceinline__ unsigned long long rf_smid() {
+  unsigned s;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(s));
+  return s;
+}
 #define RF_TRACE_START()                         \
   const unsigned long long rf_t0 = rf_now(); \
-  unsigned long long rf_t1 = 0, rf_m[8] = {0, 0, 0, 0, 0, 0, 0, 0}
+  unsigned long long rf_t1 = 0, rf_m[8] = {0, 0, 0, 0, 0, 0, 0, rf_smid()}
 #define RF_TRACE_WAITED() rf_t1 = rf_now()
 #define RF_TRACE_MARK(i) rf_m[i] = rf_now()
 // Every thread of the block must reach it.
