@@ -16,6 +16,7 @@ import { deviceAlloc, deviceFree, download, upload } from "../ffi/cuda.ts";
 
 const KINDS = ["", "product", "attention", "attention", "attention", "gather", "argmax"];
 const MERGING = 3; // the attention block that merged its token's chunks
+const IDLE = 4; // an attention block past its token's keys
 const RECORD = 12; // u64 a record
 const CAPACITY = 1 << 16;
 
@@ -127,22 +128,28 @@ function report(list: Launch[]): void {
     );
   }
   // Where the blocks ran (%smid, mark 7): how many multiprocessors qkv took and how many of them
-  // hold two of its blocks, and how many attention blocks started before qkv ended.
-  const sms = (blocks: Block[]) => {
-    const count = new Map<number, number>();
-    for (const b of blocks) count.set(b.marks[7], (count.get(b.marks[7]) ?? 0) + 1);
-    return count;
-  };
+  // hold two of its blocks; how many attention blocks started beside a qkv block still running, and
+  // how many on a multiprocessor qkv did not use.
   const per = (f: (l: number) => number) =>
     (Array.from({ length: layers }, (_, l) => f(l)).reduce((a, b) => a + b, 0) / layers).toFixed(1);
-  const qkvAt = (l: number) => byName.get("qkv")![l];
-  const attentionAt = (l: number) => byName.get("attention")![l];
+  const qkvEnds = (l: number) => {
+    const ends = new Map<number, number[]>();
+    for (const b of byName.get("qkv")![l].blocks) {
+      ends.set(b.marks[7], [...(ends.get(b.marks[7]) ?? []), b.end]);
+    }
+    return ends;
+  };
+  const attentionAt = (l: number) => byName.get("attention")![l].blocks.filter((b) => b.kind !== IDLE);
   console.log(
-    `  qkv's blocks on ${per((l) => sms(qkvAt(l).blocks).size)} multiprocessors, ` +
-      `${per((l) => [...sms(qkvAt(l).blocks).values()].filter((n) => n > 1).length)} with two; ` +
-      `attention blocks started before qkv's end ${
-        per((l) => attentionAt(l).blocks.filter((b) => b.start < qkvAt(l).end).length)
-      } of ${per((l) => attentionAt(l).blocks.length)}`,
+    `  qkv's blocks on ${per((l) => qkvEnds(l).size)} multiprocessors, ` +
+      `${per((l) => [...qkvEnds(l).values()].filter((e) => e.length > 1).length)} with two; of ` +
+      `${per((l) => attentionAt(l).length)} attention blocks ${
+        per((l) =>
+          attentionAt(l).filter((b) => (qkvEnds(l).get(b.marks[7]) ?? []).some((e) => e > b.start)).length
+        )
+      } started beside a running qkv block, ${
+        per((l) => attentionAt(l).filter((b) => !qkvEnds(l).has(b.marks[7])).length)
+      } where qkv did not run`,
   );
   const attention = list.filter((l) => l.name === "attention").flatMap((l) => l.blocks).filter((b) =>
     b.marks[0] > 0
