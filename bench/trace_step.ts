@@ -132,23 +132,23 @@ function report(list: Launch[]): void {
   // how many on a multiprocessor qkv did not use.
   const per = (f: (l: number) => number) =>
     (Array.from({ length: layers }, (_, l) => f(l)).reduce((a, b) => a + b, 0) / layers).toFixed(1);
-  const qkvEnds = (l: number) => {
+  const qkvEnds = Array.from({ length: layers }, (_, l) => {
     const ends = new Map<number, number[]>();
     for (const b of byName.get("qkv")![l].blocks) {
       ends.set(b.marks[7], [...(ends.get(b.marks[7]) ?? []), b.end]);
     }
     return ends;
-  };
+  });
   const attentionAt = (l: number) => byName.get("attention")![l].blocks.filter((b) => b.kind !== IDLE);
   console.log(
-    `  qkv's blocks on ${per((l) => qkvEnds(l).size)} multiprocessors, ` +
-      `${per((l) => [...qkvEnds(l).values()].filter((e) => e.length > 1).length)} with two; of ` +
+    `  qkv's blocks on ${per((l) => qkvEnds[l].size)} multiprocessors, ` +
+      `${per((l) => [...qkvEnds[l].values()].filter((e) => e.length > 1).length)} with two; of ` +
       `${per((l) => attentionAt(l).length)} attention blocks ${
         per((l) =>
-          attentionAt(l).filter((b) => (qkvEnds(l).get(b.marks[7]) ?? []).some((e) => e > b.start)).length
+          attentionAt(l).filter((b) => (qkvEnds[l].get(b.marks[7]) ?? []).some((e) => e > b.start)).length
         )
       } started beside a running qkv block, ${
-        per((l) => attentionAt(l).filter((b) => !qkvEnds(l).has(b.marks[7])).length)
+        per((l) => attentionAt(l).filter((b) => !qkvEnds[l].has(b.marks[7])).length)
       } where qkv did not run`,
   );
   const attention = list.filter((l) => l.name === "attention").flatMap((l) => l.blocks).filter((b) =>
