@@ -254,9 +254,10 @@ int main() {
     int32_t *meta, *counters;
     CHECK(cudaMalloc(&attn_out, heads * head_dim * sizeof(bf16)));
     CHECK(cudaMalloc(&scratch, rf_decode_attention_scratch_bytes(1, heads, head_dim, max_len)));
+    CHECK(cudaMemset(scratch, 0, rf_decode_attention_scratch_bytes(1, heads, head_dim, max_len)));
     CHECK(cudaMalloc(&meta, 3 * sizeof(int32_t)));
-    CHECK(cudaMalloc(&counters, 64 * kv_heads * sizeof(int32_t)));
-    CHECK(cudaMemset(counters, 0, 64 * kv_heads * sizeof(int32_t)));
+    CHECK(cudaMalloc(&counters, 4 * 64 * kv_heads * sizeof(int32_t)));
+    CHECK(cudaMemset(counters, 0, 4 * 64 * kv_heads * sizeof(int32_t)));
     std::printf("\nDecode attention alone (1 token, 32 q heads, 8 kv heads, 64 dims): 16 launches in one graph\n");
     std::printf("| context | µs per launch |\n|---:|---:|\n");
     for (int context : {128, 1024}) {

@@ -80,15 +80,16 @@ int rf_attention(int dtype, const void* q, void* out, const void* k_cache, const
 int64_t rf_attention_scratch_bytes(int tokens, int heads, int head_dim, int span);
 /* Decode in one launch: rf_qkv_prepare then rf_attention for tokens that each belong to another
  * slot (one new token per sequence), q, k and v read from the product rows that made them, out
- * [tokens, heads, head_dim]. heads / kv_heads ≤ 8. scratch: rf_decode_attention_scratch_bytes.
- * counters: tokens * kv_heads ints, zero before the first launch and used by nothing else; each
- * launch leaves them at zero again. */
+ * [tokens, heads, head_dim]. heads / kv_heads ≤ 8. scratch: rf_decode_attention_scratch_bytes(tokens,
+ * heads, head_dim, max_len); counters: 4 * tokens * kv_heads ints. Both zero before the first launch
+ * and used by no other kernel (launches with the same heads, kv heads, head size and max_len may
+ * share them, one after another); row t of a launch keeps its state in them across launches. */
 int rf_decode_attention(int dtype, const void* q, int ldq, const void* k, int ldk, const void* v, int ldv,
                         void* k_cache, void* v_cache, const int32_t* slots, const int32_t* cache_pos,
                         const int32_t* rope_pos, int rope_period, int rope_q, int rope_k, float theta, int tokens,
                         int heads, int kv_heads, int head_dim, int max_len, int span, float scale, float* scratch,
                         int* counters, void* out, void* stream);
-int64_t rf_decode_attention_scratch_bytes(int tokens, int heads, int head_dim, int span);
+int64_t rf_decode_attention_scratch_bytes(int tokens, int heads, int head_dim, int max_len);
 /* out[m, n] = x[m, :] · w[n, :] (+ bias[n]) (+ residual[m, n]) for 1 ≤ m ≤ 8: decode products at
  * weight-streaming speed. k and ldx must be multiples of 8 (4 for f32), pointers 16-byte aligned;
  * residual shares out's row stride; bias, residual and norm may be NULL.

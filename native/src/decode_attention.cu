@@ -5,9 +5,10 @@
 //   kernel before (the product that makes this step's q, k and v);
 // - rotates q and, in the chunk that holds the token's own position, the new k, writing k and v
 //   into the caches (this is rf_qkv_prepare's work);
-// - leaves a partial softmax (max, sum, weighted values) per q head; the last block of the token's
-//   kv head to finish merges the chunks (a counter per token and kv head, which the merging block
-//   resets to 0: the counters must start zeroed once, and be used by nothing else).
+// - leaves a partial softmax (max, sum, weighted values) per q head, each value stored with the
+//   launch's tag, and one block of the token's kv head merges the chunks once it reads every word
+//   with that tag (see Word below: the scratch and the counters must start zeroed once, and be
+//   used by nothing else).
 // q and k are rounded to the dtype after rotation, as rf_qkv_prepare rounds them; scores and
 // softmax are f32. In f16 and bf16 at head sizes that are multiples of 16 the scores and weighted
 // values go through tensor cores (mma.m16n8k16, f32 accumulators): 16 keys (or 16 dims of the
@@ -57,15 +58,32 @@ struct Merging {
   }
 };
 
-// On tensor cores, 64-key blocks take 70 registers on sm_90 and 64 on sm_80 (the bound allows 80;
-// the merge's 5 chunks in flight keep them there), so that two fit beside a block of a one-row
-// product.
+// A partial's words: a float and, above it, the launch's tag (64-bit accesses are single-copy
+// atomic, so a word read with this launch's tag holds this launch's value). The merging block reads
+// each chunk's words until all carry the tag, with no fence on either side. A word's place depends
+// only on its token's row, q head and chunk, and each row and kv head keeps a state of 4 ints:
+// its generation (the last launch's tag), the chunks that launch used, and the arrival count of the
+// last-block merge. A launch's tag is the generation plus one, never 0; its merge records tag and
+// chunks, and clears the words of chunks the launch before used and this one did not. So a word a
+// launch reads holds its tag, the last launch's, or 0.
+using Word = unsigned long long;
+__device__ __forceinline__ void put_word(Word* at, float value, unsigned tag) {
+  const Word w = ((Word)tag << 32) | __float_as_uint(value);
+  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(at), "l"(w) : "memory");
+}
+__device__ __forceinline__ void get_words(const Word* at, Word* a, Word* b) {
+  asm volatile("ld.relaxed.gpu.global.v2.b64 {%0, %1}, [%2];" : "=l"(*a), "=l"(*b) : "l"(at) : "memory");
+}
+__device__ __forceinline__ float value_of(Word w) { return __uint_as_float((unsigned)w); }
+
+// On tensor cores, 64-key blocks take at most 80 registers (the merge's 3 chunks in flight keep
+// them there), so that two fit beside a block of a one-row product.
 template <typename T, int KEYS, bool MMA>
 __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : DECODE_MANY_BLOCKS) decode_attention_kernel(
     const T* q, int64_t ldq, const T* k, int64_t ldk, const T* v, int64_t ldv, T* k_cache, T* v_cache,
     const int32_t* slots, const int32_t* cache_pos, const int32_t* rope_pos, int64_t rope_period, int rope_q,
-    int rope_k, float theta, int heads, int kv_heads, int head_dim, int64_t max_len, float scale, float* scratch,
-    int* counters, T* out) {
+    int rope_k, float theta, int heads, int kv_heads, int head_dim, int64_t max_len, float scale, Word* scratch,
+    int* counters, T* out, int designated) {
   extern __shared__ __align__(16) unsigned char decode_shared[];
   const int group = heads / kv_heads;
   // shared: scores, f32 [group][KEYS]; then on the scalar path q, f32 [group][head_dim], and the
@@ -86,13 +104,15 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
   const int64_t t = blockIdx.x;
   const int kvh = blockIdx.y;
   const int chunk = blockIdx.z;
-  const int chunks = gridDim.z;
   // Slot, cache position and rotary position, copied in before the step's first kernel, are read
   // before the wait and together: a block that starts late (its multiprocessor busy with the
   // product before) pays one round trip for them, not two behind its own cached rows' copies.
   const int64_t slot = slots[t];
   const int64_t pos = cache_pos[t];
   const int64_t rotary = rope_q || rope_k ? rope_pos[t % rope_period] : 0;
+  int* merge_state = counters + 4 * (t * kv_heads + kvh);  // generation, chunks used, arrivals
+  const int2 last_launch = __ldcg(reinterpret_cast<const int2*>(merge_state));
+  const unsigned tag = max((unsigned)last_launch.x + 1u, 1u);
   const int half = head_dim / 2;  // at most DTHREADS
   // the inverse frequency of this thread's pair, worked out while those loads are in flight
   const float inverse =
@@ -235,9 +255,10 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
   }
   __syncthreads();
   RF_TRACE_MARK(1);
-  const int partial = head_dim + 4;  // max, sum, two unused, weighted values: 16-byte aligned
-  const auto partial_of = [&](int i, int c) -> float* {
-    return scratch + ((t * heads + kvh * group + i) * (int64_t)chunks + c) * partial;
+  const int partial = head_dim + 2;  // words: max, sum, weighted values (16-byte aligned)
+  const int64_t places = (max_len + MIN_KEYS - 1) / MIN_KEYS;  // chunks a row and head has room for
+  const auto partial_of = [&](int i, int c) -> Word* {
+    return scratch + ((t * heads + kvh * group + i) * places + c) * partial;
   };
   for (int i = warp; i < group; i += DTHREADS / 32) {
     float* row = scores + i * KEYS;
@@ -253,7 +274,10 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
       sum += e;
     }
     sum = warp_sum(sum);
-    if (lane == 0) *reinterpret_cast<float2*>(partial_of(i, chunk)) = make_float2(m, sum);
+    if (lane == 0) {
+      put_word(partial_of(i, chunk), m, tag);
+      put_word(partial_of(i, chunk) + 1, sum, tag);
+    }
   }
   __syncthreads();
   RF_TRACE_MARK(2);
@@ -271,7 +295,7 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
 #pragma unroll
       for (int r = 0; r < 4; r++) {
         const int d = tile * 16 + g + (r >> 1) * 8, i = pair + (r & 1);
-        if (i < group) partial_of(i, chunk)[4 + d] = c[r];
+        if (i < group) put_word(partial_of(i, chunk) + 2 + d, c[r], tag);
       }
     }
   } else {
@@ -281,32 +305,40 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
       const float* weights = scores + i * KEYS;
       float acc = 0.f;
       for (int j = 0; j < keys; j++) acc += weights[j] * to_f32(v_rows[j * row_stride + d]);
-      partial_of(i, chunk)[4 + d] = acc;
+      put_word(partial_of(i, chunk) + 2 + d, acc, tag);
     }
   }
 
-  // The last of the `used` blocks of this token and kv head merges their partials.
+  // One block of this token and kv head merges the partials of all `used`: where the merging blocks
+  // take at most half the GPU's room for this kernel (`designated`), the first chunk's, which
+  // waits for the others' words (the others always find room to run); otherwise the last to count
+  // itself in.
   RF_TRACE_MARK(3);
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int* counter = counters + t * kv_heads + kvh;
-    last_block = atomicAdd(counter, 1) == used - 1;
-    if (last_block) *counter = 0;
-  }
-  __syncthreads();
-  if (!last_block) {
-    RF_TRACE_END(RF_TRACE_ATTENTION, 0);
-    return;
+  if (designated) {
+    if (chunk != 0) {
+      RF_TRACE_END(RF_TRACE_ATTENTION, 0);
+      return;
+    }
+    __syncthreads();  // the merge's parts take the rows' room
+  } else {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      last_block = atomicAdd(merge_state + 2, 1) == used - 1;
+      if (last_block) merge_state[2] = 0;
+    }
+    __syncthreads();
+    if (!last_block) {
+      RF_TRACE_END(RF_TRACE_ATTENTION, 0);
+      return;
+    }
   }
   RF_TRACE_MARK(4);
-  __threadfence();
   RF_TRACE_MARK(5);
   // A thread takes 4 values of one q head (16-byte loads) and every ways-th chunk, in one pass with a
-  // running max, 5 of its chunks' loads in flight at a time (more would cost the kernel registers).
+  // running max, 3 of its chunks' loads in flight at a time (more would cost the kernel registers).
   // Where there are more chunks than that, the threads split them (ways > 1), and the parts of each
   // 4 values merge in shared memory (in the rows' room), in a fixed order.
-  constexpr int AHEAD = 5;
+  constexpr int AHEAD = 3;
   const int vecs = group * head_dim / 4;  // at most DTHREADS
   const int ways = used <= AHEAD ? 1 : DTHREADS / vecs;
   const int vec = threadIdx.x % vecs, way = threadIdx.x / vecs;
@@ -316,20 +348,31 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
   if (way < ways) {
     Merging merging;
     for (int c0 = way; c0 < used; c0 += ways * AHEAD) {
-      float2 ms[AHEAD];
-      float4 ac[AHEAD];
+      Word w[AHEAD][6];
+      const auto fetch = [&](int j, int c) {
+        const Word* part = partial_of(i, c);
+        get_words(part, &w[j][0], &w[j][1]);
+        get_words(part + 2 + d, &w[j][2], &w[j][3]);
+        get_words(part + 4 + d, &w[j][4], &w[j][5]);
+      };
 #pragma unroll
       for (int j = 0; j < AHEAD; j++) {
         const int c = c0 + j * ways;
-        ms[j] = make_float2(-INFINITY, 0.f);
-        if (c < used) {
-          const float* part = partial_of(i, c);
-          ms[j] = __ldcg(reinterpret_cast<const float2*>(part));
-          ac[j] = __ldcg(reinterpret_cast<const float4*>(part + 4 + d));
-        }
+        if (c < used) fetch(j, c);
       }
 #pragma unroll
-      for (int j = 0; j < AHEAD; j++) merging.add(ms[j].x, ms[j].y, &ac[j].x);
+      for (int j = 0; j < AHEAD; j++) {
+        const int c = c0 + j * ways;
+        if (c >= used) continue;
+        // until the block of chunk c has stored them, its words hold an earlier launch's tag
+        const Word want = (Word)tag;
+        while (((w[j][0] >> 32) != want) | ((w[j][1] >> 32) != want) | ((w[j][2] >> 32) != want) |
+               ((w[j][3] >> 32) != want) | ((w[j][4] >> 32) != want) | ((w[j][5] >> 32) != want)) {
+          fetch(j, c);
+        }
+        const float values[4] = {value_of(w[j][2]), value_of(w[j][3]), value_of(w[j][4]), value_of(w[j][5])};
+        merging.add(value_of(w[j][0]), value_of(w[j][1]), values);
+      }
     }
     if (ways == 1) {
       for (int e = 0; e < 4; e++) dst[e] = from_f32<T>(merging.acc[e] / merging.total);
@@ -351,6 +394,18 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
       for (int e = 0; e < 4; e++) dst[e] = from_f32<T>(merging.acc[e] / merging.total);
     }
   }
+  // Every chunk's block has stored its words, so has read the state (thread 0 has seen every
+  // chunk's words, itself or past the barrier above): clear what the launch before left past this
+  // one's chunks, and record this one.
+  if (way < ways) {
+    for (int c = used + way; c < last_launch.y; c += ways) {
+      Word* part = partial_of(i, c);
+      if (d == 0) *reinterpret_cast<ulonglong2*>(part) = make_ulonglong2(0ull, 0ull);
+      *reinterpret_cast<ulonglong2*>(part + 2 + d) = make_ulonglong2(0ull, 0ull);
+      *reinterpret_cast<ulonglong2*>(part + 4 + d) = make_ulonglong2(0ull, 0ull);
+    }
+  }
+  if (threadIdx.x == 0) *reinterpret_cast<int2*>(merge_state) = make_int2((int)tag, used);
   RF_TRACE_MARK(6);
   RF_TRACE_END(RF_TRACE_MERGE, used);
 }
@@ -369,8 +424,8 @@ static auto decode_kernel(bool mma) {
 
 static int decode_chunks(int span, int keys) { return (span + keys - 1) / keys; }
 
-extern "C" int64_t rf_decode_attention_scratch_bytes(int tokens, int heads, int head_dim, int span) {
-  return (int64_t)tokens * heads * decode_chunks(span, MIN_KEYS) * (head_dim + 4) * sizeof(float);
+extern "C" int64_t rf_decode_attention_scratch_bytes(int tokens, int heads, int head_dim, int max_len) {
+  return (int64_t)tokens * heads * decode_chunks(max_len, MIN_KEYS) * (head_dim + 2) * sizeof(Word);
 }
 
 extern "C" int rf_decode_attention(int dtype, const void* q, int ldq, const void* k, int ldk, const void* v, int ldv,
@@ -404,10 +459,17 @@ extern "C" int rf_decode_attention(int dtype, const void* q, int ldq, const void
       const cudaError_t rc = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
       if (rc != cudaSuccess) return static_cast<int>(rc);
     }
+    int resident = 0, sms = 0, device = 0;
+    cudaError_t rc = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, DTHREADS, bytes);
+    if (rc == cudaSuccess) rc = cudaGetDevice(&device);
+    if (rc == cudaSuccess) rc = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (rc != cudaSuccess) return static_cast<int>(rc);
+    const int designated = 2 * tokens * kv_heads <= resident * sms ? 1 : 0;
     return rf_launch(kernel, grid, dim3(DTHREADS), bytes, RF_STREAM(stream), (const T*)q,
                      (int64_t)ldq, (const T*)k, (int64_t)ldk, (const T*)v, (int64_t)ldv, (T*)k_cache, (T*)v_cache,
                      slots, cache_pos, rope_pos, (int64_t)rope_period, rope_q, rope_k, theta, heads, kv_heads,
-                     head_dim, (int64_t)max_len, scale, scratch, counters, (T*)out);
+                     head_dim, (int64_t)max_len, scale, reinterpret_cast<Word*>(scratch), counters, (T*)out,
+                     designated);
   });
   return 0;
 }

@@ -1,8 +1,9 @@
 // rf_decode_attention on the GPU against attention computed here from the same stored values: the
 // fixture models' heads (8 and 16 dimensions) leave the head sizes of real models untested, so this
 // covers 64, 80, 96 and 128 in f32, f16 and bf16, chunks of 64 and of 128 keys, tokens whose keys
-// fit one chunk and tokens whose chunks are merged (up to 17), the cache writes, and the merge
-// counters left at zero for the next launch.
+// fit one chunk and tokens whose chunks are merged (up to 17; by the first chunk's block, or by the
+// last block where the merging blocks would fill half the GPU), the cache writes, the merge state
+// each launch leaves, and the partials a shorter launch clears.
 
 import { deepStrictEqual, ok } from "node:assert";
 import { gpu } from "./gpu.ts";
@@ -24,17 +25,24 @@ Deno.test({
     // covers. The span picks the chunks: up to 512 positions, 64 keys where tokens × kv heads are
     // under 32 (up to 8 chunks, more than the 5 partials a thread of the merge loads at a time);
     // past it 128 keys (up to 17 chunks).
-    const cases = [
-      { positions: [0, 63, 64, 127, 200, 255, 256, 400, 511], maxLen: 512 },
-      { positions: [0, 63, 64, 255, 256, 599, 2047, 2048, 2099], maxLen: 2100 },
-    ];
     // 8 q heads over 2 kv heads, head size 72 taking the scalar path in f16/bf16 (tensor cores need
     // multiples of 16); 32 over 4: groups of 8, 128-key chunks at both spans
     const layouts = [
       { heads: 8, kvHeads: 2, headDims: [64, 72, 80, 96, 128] },
       { heads: 32, kvHeads: 4, headDims: [64, 128] },
     ];
-    for (const { positions, maxLen } of cases) {
+    const cases = [
+      { positions: [0, 63, 64, 127, 200, 255, 256, 400, 511], maxLen: 512, layouts },
+      { positions: [0, 63, 64, 255, 256, 599, 2047, 2048, 2099], maxLen: 2100, layouts },
+      // 64 tokens × 8 kv heads: 512 merging blocks, more than half of what a GPU of 132
+      // multiprocessors holds, so the last block of each token and kv head merges
+      {
+        positions: Array.from({ length: 64 }, (_, i) => (i * 37) % 300),
+        maxLen: 300,
+        layouts: [{ heads: 32, kvHeads: 8, headDims: [64] }],
+      },
+    ];
+    for (const { positions, maxLen, layouts } of cases) {
       const span = maxLen;
       const tokens = positions.length;
       // distinct (3 and tokens + 1 have no common factor), not in order
@@ -107,13 +115,14 @@ Deno.test({
             const buffers = {
               ...uploadAttention(values, slots, positions),
               scratch: deviceAlloc(scratchBytes),
-              counters: deviceAlloc(4 * tokens * kvHeads),
+              counters: deviceAlloc(16 * tokens * kvHeads),
               out: deviceAlloc(tokens * qRow * (dtype === "f32" ? 4 : 2)),
             };
             try {
-              upload(buffers.counters, new Int32Array(tokens * kvHeads));
+              upload(buffers.counters, new Int32Array(4 * tokens * kvHeads));
+              upload(buffers.scratch, new Uint8Array(scratchBytes));
               const outs: Float32Array[] = [];
-              for (let launch = 0; launch < 2; launch++) { // the second finds the counters reset
+              const launch = () => {
                 checkKernel(
                   k_.rf_decode_attention(
                     KERNEL_DTYPE[dtype as "f32" | "f16" | "bf16"],
@@ -152,15 +161,44 @@ Deno.test({
                   : new Uint16Array(tokens * qRow);
                 download(raw, buffers.out);
                 outs.push(toF32(tensor(dtype, [tokens * qRow], raw)));
-              }
+              };
+              // Each launch leaves, per token and kv head, its tag (the generation), the chunks it
+              // used and no arrivals counted; its words carry the tag, and past its chunks the
+              // words are 0.
+              const keysPerChunk = tokens * kvHeads >= 32 || span > 512 ? 128 : 64;
+              const places = Math.ceil(maxLen / 64);
+              const checkState = (generation: number, at: number[], what: string) => {
+                const state = new Int32Array(4 * tokens * kvHeads);
+                download(state, buffers.counters);
+                const used = at.map((p) => Math.floor(p / keysPerChunk) + 1);
+                deepStrictEqual(
+                  [...state],
+                  Array.from(
+                    { length: tokens * kvHeads },
+                    (_, i) => [generation, used[Math.floor(i / kvHeads)], 0, 0],
+                  )
+                    .flat(),
+                  `${label}: ${what}: the merge state`,
+                );
+                const halves = new Uint32Array(scratchBytes / 4); // a word's tag is its upper half
+                download(halves, buffers.scratch);
+                let wrong = 0;
+                for (let w = 0; w < halves.length / 2; w++) {
+                  const c = Math.floor(w / (headDim + 2)) % places;
+                  const t = Math.floor(w / ((headDim + 2) * places * heads));
+                  if (halves[2 * w + 1] !== (c < used[t] ? generation : 0)) wrong++;
+                }
+                deepStrictEqual(wrong, 0, `${label}: ${what}: words with a wrong tag`);
+              };
+              launch();
+              checkState(1, positions, "first launch");
+              launch(); // finds the first launch's words, with the tag before its own
               deepStrictEqual(
                 outs[1],
                 outs[0],
                 `${label}: a second launch gives the same output`,
               );
-              const counters = new Int32Array(tokens * kvHeads);
-              download(counters, buffers.counters);
-              ok(counters.every((c) => c === 0), `${label}: the counters are left at zero`);
+              checkState(2, positions, "second launch");
 
               let worst = 0, largest = 0;
               for (let i = 0; i < want.length; i++) {
@@ -208,6 +246,12 @@ Deno.test({
                 vAfter.every((x, i) => x === vWant[i]),
                 `${label}: the value cache holds the new values`,
               );
+              // tokens at the cache's first chunk: the words past it are cleared, and nothing with
+              // the tag of the launch before is left
+              const early = positions.map((p) => p % 64);
+              upload(buffers.positions, Int32Array.from(early));
+              launch();
+              checkState(3, early, "a third launch at earlier positions");
               console.log(
                 `${label}: error ${(worst / largest).toExponential(2)} of the largest output`,
               );

@@ -123,19 +123,33 @@ export class CudaSequences implements Sequences {
     };
     // One slot past the pool's takes the padding rows of a bucket.
     const cacheSlots = options.slots + 1;
-    const caches: Caches = { k: [], v: [], counters: [], maxLength: options.maxLength };
+    const caches: Caches = { k: [], v: [], merge: [], maxLength: options.maxLength };
+    const zeroed = (bytes: number) => {
+      const pointer = alloc(bytes);
+      checkCuda(cudart().cudaMemsetAsync(pointer, 0, BigInt(bytes), ctx.stream), "cudaMemsetAsync");
+      return pointer;
+    };
+    const merges = new Map<string, Caches["merge"][number]>();
     for (const step of engine.lowered.steps) {
       if (step.kind !== "attention") continue;
       const dtype = engine.lowered.types.get(step.q.value)!.dtype;
       const bytes = cacheSlots * step.kvHeads * options.maxLength * step.headDim * BYTES_PER_ELEMENT[dtype];
       caches.k[step.layer] = alloc(bytes);
       caches.v[step.layer] = alloc(bytes);
-      const counterBytes = 4 * DECODE_TOKENS * step.kvHeads;
-      caches.counters[step.layer] = alloc(counterBytes);
-      checkCuda(
-        cudart().cudaMemsetAsync(caches.counters[step.layer], 0, BigInt(counterBytes), ctx.stream),
-        "cudaMemsetAsync",
-      );
+      const shape = `${step.heads}/${step.kvHeads}/${step.headDim}`;
+      if (!merges.has(shape)) {
+        const partials = kernels().rf_decode_attention_scratch_bytes(
+          DECODE_TOKENS,
+          step.heads,
+          step.headDim,
+          options.maxLength,
+        );
+        merges.set(shape, {
+          counters: zeroed(16 * DECODE_TOKENS * step.kvHeads),
+          partials: zeroed(Number(partials)),
+        });
+      }
+      caches.merge[step.layer] = merges.get(shape)!;
     }
     this.#caches = caches;
     this.#entries = nextPowerOfTwo(options.slots);

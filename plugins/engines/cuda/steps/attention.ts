@@ -81,12 +81,7 @@ export function bindAttention(binder: Binder, step: Extract<Step, { kind: "atten
     tokens <= DECODE_TOKENS &&
     heads / kvHeads <= 8 && step.outTokenMajor && !step.v.rope;
   if (decode) {
-    const capacity = binder.ctx.caches!.maxLength;
-    const scratchBytes = Number(
-      k.rf_decode_attention_scratch_bytes(Math.min(capacityTokens, DECODE_TOKENS), heads, headDim, capacity),
-    );
-    const scratch = binder.allocate("f32", scratchBytes / 4);
-    const counters = binder.ctx.caches!.counters[step.layer];
+    const { partials, counters } = binder.ctx.caches!.merge[step.layer];
     const target = binder.define(step.out);
     binder.launch(
       `attention of layer ${step.layer}`,
@@ -98,7 +93,7 @@ export function bindAttention(binder: Binder, step: Extract<Step, { kind: "atten
           ...sizes,
           span,
           step.scale,
-          scratch,
+          partials,
           counters,
           target.ptr,
           s,
