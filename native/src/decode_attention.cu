@@ -311,8 +311,8 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
 
   // One block of this token and kv head merges the partials of all `used`: where the merging blocks
   // take at most half the GPU's room for this kernel (`designated`), the first chunk's, which
-  // waits for the others' words (the others always find room to run); otherwise the last to count
-  // itself in.
+  // waits for the others' words (the others always find room to run, on a GPU whose every
+  // multiprocessor this process may use); otherwise the last to count itself in.
   RF_TRACE_MARK(3);
   if (designated) {
     if (chunk != 0) {
