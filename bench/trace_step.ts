@@ -172,19 +172,11 @@ function report(list: Launch[]): void {
   phase("to the scores", (b) => b.marks[1] - b.marks[0]);
   phase("to the softmax", (b) => b.marks[2] - b.marks[1]);
   phase("to the weighted values", (b) => b.marks[3] - b.marks[2]);
-  phase(
-    "to the end, not merging (fence, count)",
-    (b) => b.end - b.marks[3],
-    attention.filter((b) => b.kind !== MERGING),
-  );
-  phase(
-    "merging: to the count (fence, count)",
-    (b) => b.marks[4] - b.marks[3],
-    attention.filter((b) => b.kind === MERGING),
-  );
-  phase("merging: to the fence after the count", (b) => b.marks[5] - b.marks[4], merging);
+  phase("to the end, not merging", (b) => b.end - b.marks[3], attention.filter((b) => b.kind !== MERGING));
+  phase("merging: to the merge's start (barrier or count)", (b) => b.marks[4] - b.marks[3], merging);
+  phase("merging: to every chunk's words read and added", (b) => b.marks[5] - b.marks[4], merging);
   phase("merging: to the merged values stored", (b) => b.marks[6] - b.marks[5], merging);
-  phase("merging: to the end", (b) => b.end - b.marks[6], merging);
+  phase("merging: to the end (clearing, state)", (b) => b.end - b.marks[6], merging);
 }
 
 const dir = Deno.args[0] ?? "/tmp/rankflow-llama1b";

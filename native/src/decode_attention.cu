@@ -333,7 +333,6 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
     }
   }
   RF_TRACE_MARK(4);
-  RF_TRACE_MARK(5);
   // A thread takes 4 values of one q head (16-byte loads) and every ways-th chunk, in one pass with a
   // running max, 3 of its chunks' loads in flight at a time (more would cost the kernel registers).
   // Where there are more chunks than that, the threads split them (ways > 1), and the parts of each
@@ -383,6 +382,7 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
       for (int e = 0; e < 4; e++) mine[2 + e] = merging.acc[e];
     }
   }
+  RF_TRACE_MARK(5);
   if (ways > 1) {
     __syncthreads();
     if (threadIdx.x < vecs) {

@@ -23,7 +23,7 @@ Deno.test({
     const theta = 10000;
     // Positions on both sides of chunk edges, in caches of maxLen positions, the span each launch
     // covers. The span picks the chunks: up to 512 positions, 64 keys where tokens × kv heads are
-    // under 32 (up to 8 chunks, more than the 5 partials a thread of the merge loads at a time);
+    // under 32 (up to 8 chunks, more than the 3 partials a thread of the merge loads at a time);
     // past it 128 keys (up to 17 chunks).
     // 8 q heads over 2 kv heads, head size 72 taking the scalar path in f16/bf16 (tensor cores need
     // multiples of 16); 32 over 4: groups of 8, 128-key chunks at both spans
