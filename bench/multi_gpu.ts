@@ -340,7 +340,7 @@ function printModel(name: string, { runs, f32 }: { runs: ModelRun[]; f32?: Model
     );
   }
   console.log(
-    `\n${name}: ms per decode step at context 128 (chained: one decodeGreedy call; host: each step waits ` +
+    `\n${name}: ms per decode step at context 128 (chained: decodeGreedy calls, their median; host: each step waits ` +
       "for its ids) and prefill of 2048 tokens; speed-up over tp 1 in brackets",
   );
   console.log(
