@@ -13,9 +13,13 @@ export type Preset = typeof PRESETS[number];
 export interface InitOptions {
   preset: Preset;
   seed: number;
+  /** Sizes that replace the preset's (tests of kernels that need real models' widths). */
+  shape?: Partial<LlamaShape>;
+  /** The spread of the matrices' weights, MATRIX_STD unless given. */
+  matrixStd?: number;
 }
 
-interface LlamaShape {
+export interface LlamaShape {
   vocab: number;
   hidden: number;
   layers: number;
@@ -54,8 +58,10 @@ const NORM_STD = 0.2;
  * that is renamed into place at the end, so a failure leaves no half-written checkpoint.
  */
 export async function initModel(dir: string, options: InitOptions): Promise<void> {
-  const shape = SHAPES[options.preset];
-  if (!shape) throw new RangeError(`unknown preset ${options.preset}; known are ${PRESETS.join(", ")}`);
+  if (!SHAPES[options.preset]) {
+    throw new RangeError(`unknown preset ${options.preset}; known are ${PRESETS.join(", ")}`);
+  }
+  const shape = { ...SHAPES[options.preset], ...options.shape };
   if (existsNonEmpty(dir)) {
     throw new Deno.errors.AlreadyExists(`${dir}: is not empty, so a random checkpoint is not written there`);
   }
@@ -67,7 +73,8 @@ export async function initModel(dir: string, options: InitOptions): Promise<void
       join(temporary, "config.json"),
       JSON.stringify(llamaConfig(shape), null, 2) + "\n",
     );
-    writeSafetensors(join(temporary, "model.safetensors"), llamaWeights(shape, options.seed), {
+    const weights = llamaWeights(shape, options.seed, options.matrixStd ?? MATRIX_STD);
+    writeSafetensors(join(temporary, "model.safetensors"), weights, {
       format: "pt",
     });
     await Deno.writeTextFile(join(temporary, "tokenizer.json"), JSON.stringify(byteTokenizerJson()));
@@ -108,11 +115,11 @@ function llamaConfig(shape: LlamaShape): Record<string, unknown> {
   };
 }
 
-function llamaWeights(shape: LlamaShape, seed: number): Map<string, Tensor> {
+function llamaWeights(shape: LlamaShape, seed: number, matrixStd: number): Map<string, Tensor> {
   const random = gaussian(seed);
   const draw = (dims: number[], mean: number, std: number) =>
     f32(dims, Float32Array.from({ length: dims.reduce((a, b) => a * b, 1) }, () => mean + std * random()));
-  const matrix = (rows: number, columns: number) => draw([rows, columns], 0, MATRIX_STD);
+  const matrix = (rows: number, columns: number) => draw([rows, columns], 0, matrixStd);
   const norm = () => draw([shape.hidden], 1, NORM_STD);
   const headDim = shape.hidden / shape.heads;
   const weights = new Map<string, Tensor>();
