@@ -15,9 +15,13 @@
 // values) as M, the group's q heads, at most 8 and padded with zero rows, as N. q is then scaled
 // after its product instead of before, and the softmax weights are rounded to the dtype, as in
 // prefill attention; f32 and other head sizes take the scalar path (MMA false).
+// rf_qkv_attention runs the product that makes q, k and v and this attention in one launch (see
+// qkv_attention_kernel).
+#include <stdlib.h>
+
 #include <algorithm>
 
-#include "common.cuh"
+#include "gemv_one.cuh"
 
 static const int DTHREADS = 256;
 // 128-key chunks (many tokens, long spans) in at most 80 registers, three blocks a multiprocessor (a
@@ -76,14 +80,22 @@ __device__ __forceinline__ void get_words(const Word* at, Word* a, Word* b) {
 }
 __device__ __forceinline__ float value_of(Word w) { return __uint_as_float((unsigned)w); }
 
-// On tensor cores, 64-key blocks take at most 80 registers (the merge's 3 chunks in flight keep
-// them there), so that two fit beside a block of a one-row product.
+__device__ __forceinline__ Word get_word(const Word* at) {
+  Word w;
+  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(w) : "l"(at) : "memory");
+  return w;
+}
+
+// A block's work: token t, kv head kvh, chunk `chunk`. It reads q, k and v from their rows, written
+// by the kernel before, or (qkv_words set, one token) from the tagged words that the one-row
+// product in the same launch stores them in (TaggedRows in gemv_one.cuh), each word until it
+// carries this launch's tag.
 template <typename T, int KEYS, bool MMA>
-__global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : DECODE_MANY_BLOCKS) decode_attention_kernel(
+__device__ __forceinline__ void decode_attention_body(
     const T* q, int64_t ldq, const T* k, int64_t ldk, const T* v, int64_t ldv, T* k_cache, T* v_cache,
     const int32_t* slots, const int32_t* cache_pos, const int32_t* rope_pos, int64_t rope_period, int rope_q,
     int rope_k, float theta, int heads, int kv_heads, int head_dim, int64_t max_len, float scale, Word* scratch,
-    int* counters, T* out, int designated) {
+    int* counters, T* out, int designated, int64_t t, int kvh, int chunk, const Word* qkv_words) {
   extern __shared__ __align__(16) unsigned char decode_shared[];
   const int group = heads / kv_heads;
   // shared: scores, f32 [group][KEYS]; then on the scalar path q, f32 [group][head_dim], and the
@@ -101,9 +113,6 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
   __shared__ bool last_block;
   __shared__ float rot_cos[MAX_HEAD_DIM / 2], rot_sin[MAX_HEAD_DIM / 2];
 
-  const int64_t t = blockIdx.x;
-  const int kvh = blockIdx.y;
-  const int chunk = blockIdx.z;
   // Slot, cache position and rotary position, copied in before the step's first kernel, are read
   // before the wait and together: a block that starts late (its multiprocessor busy with the
   // product before) pays one round trip for them, not two behind its own cached rows' copies.
@@ -169,6 +178,26 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
   }
   __syncthreads();
   pdl_wait();
+  // From the product's words: q of the group's heads, then the token's own k and v.
+  __shared__ __align__(16) T staged[(MAX_GROUP + 2) * MAX_HEAD_DIM];
+  if (qkv_words) {
+    const int q_words = group * half, kv_words = half;
+    const Word* q_at = qkv_words + kvh * q_words;
+    const Word* k_at = qkv_words + heads * half + kvh * kv_words;
+    const Word* v_at = qkv_words + (heads + kv_heads) * half + kvh * kv_words;
+    const int count = q_words + (own ? 2 * kv_words : 0);
+    for (int w = threadIdx.x; w < count; w += DTHREADS) {
+      const Word* at = w < q_words ? q_at + w : w < q_words + kv_words ? k_at + (w - q_words)
+                                                                         : v_at + (w - q_words - kv_words);
+      Word word = get_word(at);
+      while ((unsigned)(word >> 32) != tag) {
+        __nanosleep(256);  // fewer reads of L2 while the product's blocks stream their weights
+        word = get_word(at);
+      }
+      reinterpret_cast<unsigned*>(staged)[w] = (unsigned)word;
+    }
+    __syncthreads();
+  }
   RF_TRACE_WAITED();
 
   // q of the group's heads, then (in the chunk that holds it) the token's own k and v: one item a
@@ -180,7 +209,7 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
     if (idx < q_items) {
       const int i = idx / half;
       const int d = idx - i * half;
-      const T* src = q + t * ldq + (int64_t)(kvh * group + i) * head_dim;
+      const T* src = qkv_words ? staged + i * head_dim : q + t * ldq + (int64_t)(kvh * group + i) * head_dim;
       float a = to_f32(src[d]), b = to_f32(src[d + half]);
       if (rope_q) {
         const float c = rot_cos[d], s = rot_sin[d];
@@ -198,8 +227,8 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
       continue;
     }
     const int d = idx - q_items;
-    const T* ks = k + t * ldk + (int64_t)kvh * head_dim;
-    const T* vs = v + t * ldv + (int64_t)kvh * head_dim;
+    const T* ks = qkv_words ? staged + group * head_dim : k + t * ldk + (int64_t)kvh * head_dim;
+    const T* vs = qkv_words ? ks + head_dim : v + t * ldv + (int64_t)kvh * head_dim;
     float a = to_f32(ks[d]), b = to_f32(ks[d + half]);
     const T va = vs[d], vb = vs[d + half];
     if (rope_k) {
@@ -410,6 +439,45 @@ __global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : D
   RF_TRACE_END(RF_TRACE_MERGE, used);
 }
 
+// On tensor cores, 64-key blocks take at most 80 registers (the merge's 3 chunks in flight keep
+// them there), so that two fit beside a block of a one-row product.
+template <typename T, int KEYS, bool MMA>
+__global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : DECODE_MANY_BLOCKS) decode_attention_kernel(
+    const T* q, int64_t ldq, const T* k, int64_t ldk, const T* v, int64_t ldv, T* k_cache, T* v_cache,
+    const int32_t* slots, const int32_t* cache_pos, const int32_t* rope_pos, int64_t rope_period, int rope_q,
+    int rope_k, float theta, int heads, int kv_heads, int head_dim, int64_t max_len, float scale, Word* scratch,
+    int* counters, T* out, int designated) {
+  decode_attention_body<T, KEYS, MMA>(q, ldq, k, ldk, v, ldv, k_cache, v_cache, slots, cache_pos, rope_pos,
+                                      rope_period, rope_q, rope_k, theta, heads, kv_heads, head_dim, max_len, scale,
+                                      scratch, counters, out, designated, blockIdx.x, blockIdx.y, blockIdx.z,
+                                      nullptr);
+}
+
+// The one-row product that makes q, k and v (its first `producers` blocks) and decode attention of
+// one token (the rest) in one launch. The attention blocks copy their cached rows in while the
+// product runs and take its rows as its blocks store them (as tagged words), with no launch
+// between. Only the attention blocks wait for other blocks of the launch, for product blocks (which
+// wait for nothing in it) and for each other (the merge): while they take at most half the GPU's
+// room (checked at launch), the others always find room.
+template <typename T, int KEYS, int SLICES>
+__global__ void __launch_bounds__(DTHREADS, 2) qkv_attention_kernel(
+    const GemvParams<T> p, const TaggedRows tagged, unsigned producers, T* k_cache, T* v_cache, const int32_t* slots,
+    const int32_t* cache_pos, const int32_t* rope_pos, int64_t rope_period, int rope_q, int rope_k, float theta,
+    int heads, int kv_heads, int head_dim, int64_t max_len, float scale, Word* scratch, int* counters, T* out,
+    int designated) {
+  if (blockIdx.x < producers) {
+    gemv_one_body<T, SLICES, 4>(p, blockIdx.x, producers, &tagged);
+    return;
+  }
+  const unsigned b = blockIdx.x - producers;
+  const int kvh = b % kv_heads;
+  const int chunk = b / kv_heads;
+  const T* q = p.out;
+  decode_attention_body<T, KEYS, true>(q, p.n, q, p.n, q, p.n, k_cache, v_cache, slots, cache_pos, rope_pos,
+                                       rope_period, rope_q, rope_k, theta, heads, kv_heads, head_dim, max_len, scale,
+                                       scratch, counters, out, designated, 0, kvh, chunk, tagged.words);
+}
+
 RF_TRACE_SETTER(decode_attention)
 
 // The kernel for a dtype, chunk size and path (tensor cores only for 16-bit dtypes).
@@ -428,6 +496,37 @@ extern "C" int64_t rf_decode_attention_scratch_bytes(int tokens, int heads, int 
   return (int64_t)tokens * heads * decode_chunks(max_len, MIN_KEYS) * (head_dim + 2) * sizeof(Word);
 }
 
+// Dynamic shared memory of a decode-attention block: up to the cached rows, then the rows or the
+// merge's parts (DTHREADS × 6 floats), whichever is more.
+static size_t decode_shared_bytes(bool mma, int group, int keys, int head_dim, int elem) {
+  const size_t before_rows = mma ? sizeof(float) * group * keys + (size_t)elem * MAX_GROUP * (head_dim + 8 + keys + 8)
+                                 : sizeof(float) * group * (head_dim + keys);
+  const size_t rows = 2 * (size_t)elem * keys * (head_dim + (mma ? 8 : 2));
+  return before_rows + std::max(rows, sizeof(float) * DTHREADS * 6);
+}
+
+static bool decode_arguments_valid(int heads, int kv_heads, int head_dim, int max_len, int span, int rope_q,
+                                   int rope_k, const int32_t* rope_pos, int rope_period) {
+  if (head_dim > MAX_HEAD_DIM || head_dim % 8 != 0 || kv_heads <= 0 || heads % kv_heads != 0 ||
+      heads / kv_heads > MAX_GROUP || span <= 0 || span > max_len) {
+    return false;
+  }
+  return !((rope_q || rope_k) && (!rope_pos || rope_period <= 0));
+}
+
+// 64-key chunks spread a few tokens over the GPU; with many tokens, or spans past 512 positions,
+// 128-key chunks halve the blocks (more of them find room while the product before still runs)
+// and the chunks each merge reads.
+static int decode_keys(int tokens, int kv_heads, int span) { return tokens * kv_heads >= 32 || span > 512 ? 128 : 64; }
+
+static int resident_blocks(const void* kernel, size_t bytes, int* per_sm, int* sms) {
+  int device = 0;
+  cudaError_t rc = cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, kernel, DTHREADS, bytes);
+  if (rc == cudaSuccess) rc = cudaGetDevice(&device);
+  if (rc == cudaSuccess) rc = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+  return static_cast<int>(rc);
+}
+
 extern "C" int rf_decode_attention(int dtype, const void* q, int ldq, const void* k, int ldk, const void* v, int ldv,
                                    void* k_cache, void* v_cache, const int32_t* slots, const int32_t* cache_pos,
                                    const int32_t* rope_pos, int rope_period, int rope_q, int rope_k, float theta,
@@ -435,35 +534,24 @@ extern "C" int rf_decode_attention(int dtype, const void* q, int ldq, const void
                                    float scale, float* scratch, int* counters, void* out,
                                    void* stream) {
   if (tokens <= 0) return 0;
-  if (head_dim > MAX_HEAD_DIM || head_dim % 8 != 0 || kv_heads <= 0 || heads % kv_heads != 0 ||
-      heads / kv_heads > MAX_GROUP || span <= 0 || span > max_len) {
+  if (!decode_arguments_valid(heads, kv_heads, head_dim, max_len, span, rope_q, rope_k, rope_pos, rope_period)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
-  if ((rope_q || rope_k) && (!rope_pos || rope_period <= 0)) return static_cast<int>(cudaErrorInvalidValue);
   const int group = heads / kv_heads;
-  // 64-key chunks spread a few tokens over the GPU; with many tokens, or spans past 512 positions,
-  // 128-key chunks halve the blocks (more of them find room while the product before still runs)
-  // and the chunks each merge reads.
-  const int keys = tokens * kv_heads >= 32 || span > 512 ? 128 : 64;
+  const int keys = decode_keys(tokens, kv_heads, span);
   const int chunks = decode_chunks(span, keys);
   const dim3 grid((unsigned)tokens, (unsigned)kv_heads, (unsigned)chunks);
   RF_DISPATCH(dtype, {
     const bool mma = sizeof(T) == 2 && head_dim % 16 == 0;
-    // up to the cached rows, then the rows or the merge's parts (DTHREADS × 6 floats), whichever is more
-    const size_t before_rows = mma ? sizeof(float) * group * keys + sizeof(T) * MAX_GROUP * (head_dim + 8 + keys + 8)
-                                   : sizeof(float) * group * (head_dim + keys);
-    const size_t rows = 2 * sizeof(T) * keys * (head_dim + (mma ? 8 : 2));
-    const size_t bytes = before_rows + std::max(rows, sizeof(float) * DTHREADS * 6);
+    const size_t bytes = decode_shared_bytes(mma, group, keys, head_dim, sizeof(T));
     const auto kernel = keys == 128 ? decode_kernel<T, 128>(mma) : decode_kernel<T, 64>(mma);
     if (bytes > 48 * 1024) {
       const cudaError_t rc = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
       if (rc != cudaSuccess) return static_cast<int>(rc);
     }
-    int resident = 0, sms = 0, device = 0;
-    cudaError_t rc = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, DTHREADS, bytes);
-    if (rc == cudaSuccess) rc = cudaGetDevice(&device);
-    if (rc == cudaSuccess) rc = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (rc != cudaSuccess) return static_cast<int>(rc);
+    int resident = 0, sms = 0;
+    const int rc = resident_blocks((const void*)kernel, bytes, &resident, &sms);
+    if (rc != 0) return rc;
     const int designated = 2 * tokens * kv_heads <= resident * sms ? 1 : 0;
     return rf_launch(kernel, grid, dim3(DTHREADS), bytes, RF_STREAM(stream), (const T*)q,
                      (int64_t)ldq, (const T*)k, (int64_t)ldk, (const T*)v, (int64_t)ldv, (T*)k_cache, (T*)v_cache,
@@ -472,4 +560,78 @@ extern "C" int rf_decode_attention(int dtype, const void* q, int ldq, const void
                      designated);
   });
   return 0;
+}
+
+int rf_gemv_one_slices(int dtype, int k);
+// RANKFLOW_QKV_ATTENTION=0 keeps the two launches, for benchmarks (read once).
+static const bool qkv_attention_on = [] {
+  const char* value = getenv("RANKFLOW_QKV_ATTENTION");
+  return !(value && value[0] == '0');
+}();
+
+// The one-row product of x and w into qkv, the rows of q, k and v of one token side by side (rf_gemv
+// with m = 1, not gated), then decode attention of that token (rf_decode_attention). In one launch
+// where the product takes rankflow's one-row kernel at 2 or 4 warps a row, attention takes tensor
+// cores and 128-key chunks (spans past 512) and its blocks take at most half the GPU's room;
+// otherwise as those two launches. At shorter spans attention's few blocks already start beside the
+// product's and load their rows early, and sharing the launch slowed the product more than it saved
+// (bench/RESULTS.md).
+extern "C" int rf_qkv_attention(int dtype, const void* x, const void* norm, float eps, const void* w,
+                                const void* bias, void* qkv, int k_dim, void* k_cache, void* v_cache,
+                                const int32_t* slots, const int32_t* cache_pos, const int32_t* rope_pos,
+                                int rope_period, int rope_q, int rope_k, float theta, int heads, int kv_heads,
+                                int head_dim, int max_len, int span, float scale, float* scratch, int* counters,
+                                void* words, void* out, void* stream) {
+  if (!decode_arguments_valid(heads, kv_heads, head_dim, max_len, span, rope_q, rope_k, rope_pos, rope_period)) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  const int n = (heads + 2 * kv_heads) * head_dim;
+  const auto separately = [&]() {
+    const int rc = rf_gemv(dtype, 1, x, k_dim, norm, eps, w, bias, nullptr, qkv, n, n, k_dim, 0, stream);
+    if (rc != 0) return rc;
+    const int elem = dtype == RF_F32 ? 4 : 2;
+    const char* q = static_cast<const char*>(qkv);
+    const char* k = q + (size_t)heads * head_dim * elem;
+    const char* v = k + (size_t)kv_heads * head_dim * elem;
+    return rf_decode_attention(dtype, q, n, k, n, v, n, k_cache, v_cache, slots, cache_pos, rope_pos, rope_period,
+                               rope_q, rope_k, theta, 1, heads, kv_heads, head_dim, max_len, span, scale, scratch,
+                               counters, out, stream);
+  };
+  const int slices = rf_gemv_one_slices(dtype, k_dim);
+  if (!qkv_attention_on || (dtype != RF_F16 && dtype != RF_BF16) || head_dim % 16 != 0 ||
+      (slices != 2 && slices != 4) || decode_keys(1, kv_heads, span) != 128) {
+    return separately();
+  }
+  const int group = heads / kv_heads;
+  const int keys = 128;
+  const int consumers = kv_heads * decode_chunks(span, keys);
+  const auto launch = [&](auto element) -> int {
+    using T = decltype(element);
+    const size_t bytes = decode_shared_bytes(true, group, keys, head_dim, sizeof(T));
+    const auto kernel = slices == 2 ? qkv_attention_kernel<T, 128, 2> : qkv_attention_kernel<T, 128, 4>;
+    if (bytes > 48 * 1024) {
+      const cudaError_t rc = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+      if (rc != cudaSuccess) return static_cast<int>(rc);
+    }
+    int resident = 0, sms = 0;
+    const int rc = resident_blocks((const void*)kernel, bytes, &resident, &sms);
+    if (rc != 0) return rc;
+    const int capacity = std::max(1, resident) * sms;
+    if (2 * consumers > capacity) return separately();
+    // the product's blocks as its own launch would take them: as few rounds as the room allows
+    const int per_block = GEMV_WARPS / slices;
+    const int groups = (n / 2 + per_block - 1) / per_block;
+    const int rounds = (groups + capacity - 1) / capacity;
+    const int producers = std::max(1, (groups + rounds - 1) / rounds);
+    const int designated = 2 * kv_heads <= capacity ? 1 : 0;
+    const GemvParams<T> params = {(const T*)x, k_dim, (const T*)norm, eps, (const T*)w, (const T*)bias,
+                                  nullptr, (T*)qkv, n, n, k_dim, 0, 0};
+    const TaggedRows tagged = {static_cast<Word*>(words), counters, heads * head_dim, kv_heads * head_dim, head_dim,
+                               group};
+    return rf_launch(kernel, dim3((unsigned)(producers + consumers)), dim3(DTHREADS), bytes, RF_STREAM(stream),
+                     params, tagged, (unsigned)producers, (T*)k_cache, (T*)v_cache, slots, cache_pos, rope_pos,
+                     (int64_t)rope_period, rope_q, rope_k, theta, heads, kv_heads, head_dim, (int64_t)max_len, scale,
+                     reinterpret_cast<Word*>(scratch), counters, (T*)out, designated);
+  };
+  return dtype == RF_F16 ? launch(__half()) : launch(__nv_bfloat16());
 }

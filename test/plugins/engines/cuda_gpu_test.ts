@@ -10,6 +10,7 @@ import { cudaBackend } from "../../../plugins/engines/cuda.ts";
 import type { CudaEngine } from "../../../plugins/engines/cuda/engine.ts";
 import { CHAIN_STEPS, MIN_SPAN } from "../../../plugins/engines/cuda/sequences.ts";
 import { cpuBackend } from "../../../plugins/engines/cpu.ts";
+import { initModel } from "../../../plugins/export/hf_random.ts";
 import { emptyCaches, generateGreedy, logitsOf, step } from "../../../core/runtime/generate.ts";
 import { type DType, toF32 } from "../../../core/ir/tensor.ts";
 import { makeSampler, sampleLogits } from "../../../core/serve/sampling.ts";
@@ -304,6 +305,44 @@ Deno.test({
           );
         }
       }
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "gpu: at real models' widths past 512 positions, qkv and attention in one launch equal the functional run",
+  ignore: !gpu,
+  async fn() {
+    // 2048 wide with 64-dimension heads: the one-row product and decode attention of one token take
+    // one launch (rf_qkv_attention) once the span passes 512 positions.
+    const dir = await Deno.makeTempDir({ prefix: "rankflow-wide-" });
+    try {
+      await initModel(join(dir, "model"), {
+        preset: "tiny-llama",
+        seed: 5,
+        shape: { hidden: 2048, heads: 32, kvHeads: 8, layers: 2, intermediate: 256, maxPositions: 1024 },
+        matrixStd: 0.02,
+      });
+      using model = exportCheckpoint(join(dir, "model"), "bf16");
+      using engine = await cudaBackend().build(
+        model.graph,
+        readGraphWeights(model.graph, model.weights),
+      ) as CudaEngine;
+      const ids = Array.from({ length: 703 }, (_, i) => (i * 37 + 11) % 256);
+      using pool = engine.sequences({ slots: 1, maxLength: 1024 });
+      await pool.step([{ slot: 0, ids: ids.slice(0, 700), start: 0 }]);
+      for (let at = 700; at < ids.length; at++) {
+        const decoded = Array.from(toF32(await pool.step([{ slot: 0, ids: [ids[at]], start: at }])));
+        const reference = (await logitsOf(engine, ids.slice(0, at + 1))).at(-1)!;
+        const { relative } = relativeError([decoded], [reference]);
+        console.log(`context ${at + 1}: decode vs functional ${relative.toExponential(2)}`);
+        ok(relative <= TOLERANCE.bf16 / 4, `context ${at + 1}: ${relative}`);
+      }
+      const launches = pool.profileStep([{ slot: 0, ids: [ids[0]], start: ids.length }]);
+      deepStrictEqual(launches.get("qkv-attention")?.launches, 2, "a launch a layer took both");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
   },
 });
