@@ -519,11 +519,17 @@ static bool decode_arguments_valid(int heads, int kv_heads, int head_dim, int ma
 // and the chunks each merge reads.
 static int decode_keys(int tokens, int kv_heads, int span) { return tokens * kv_heads >= 32 || span > 512 ? 128 : 64; }
 
-static int resident_blocks(const void* kernel, size_t bytes, int* per_sm, int* sms) {
-  int device = 0;
-  cudaError_t rc = cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, kernel, DTHREADS, bytes);
+// Lets `kernel` take `bytes` of dynamic shared memory, then gives the GPU's room for its blocks:
+// how many fit on all multiprocessors at once.
+template <typename Kernel>
+static int prepare_kernel(Kernel kernel, size_t bytes, int* room) {
+  cudaError_t rc = cudaSuccess;
+  if (bytes > 48 * 1024) rc = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+  int per_sm = 0, sms = 0, device = 0;
+  if (rc == cudaSuccess) rc = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, DTHREADS, bytes);
   if (rc == cudaSuccess) rc = cudaGetDevice(&device);
-  if (rc == cudaSuccess) rc = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+  if (rc == cudaSuccess) rc = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  *room = std::max(1, per_sm) * sms;
   return static_cast<int>(rc);
 }
 
@@ -545,14 +551,10 @@ extern "C" int rf_decode_attention(int dtype, const void* q, int ldq, const void
     const bool mma = sizeof(T) == 2 && head_dim % 16 == 0;
     const size_t bytes = decode_shared_bytes(mma, group, keys, head_dim, sizeof(T));
     const auto kernel = keys == 128 ? decode_kernel<T, 128>(mma) : decode_kernel<T, 64>(mma);
-    if (bytes > 48 * 1024) {
-      const cudaError_t rc = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-      if (rc != cudaSuccess) return static_cast<int>(rc);
-    }
-    int resident = 0, sms = 0;
-    const int rc = resident_blocks((const void*)kernel, bytes, &resident, &sms);
+    int room = 0;
+    const int rc = prepare_kernel(kernel, bytes, &room);
     if (rc != 0) return rc;
-    const int designated = 2 * tokens * kv_heads <= resident * sms ? 1 : 0;
+    const int designated = 2 * tokens * kv_heads <= room ? 1 : 0;
     return rf_launch(kernel, grid, dim3(DTHREADS), bytes, RF_STREAM(stream), (const T*)q,
                      (int64_t)ldq, (const T*)k, (int64_t)ldk, (const T*)v, (int64_t)ldv, (T*)k_cache, (T*)v_cache,
                      slots, cache_pos, rope_pos, (int64_t)rope_period, rope_q, rope_k, theta, heads, kv_heads,
@@ -609,14 +611,9 @@ extern "C" int rf_qkv_attention(int dtype, const void* x, const void* norm, floa
     using T = decltype(element);
     const size_t bytes = decode_shared_bytes(true, group, keys, head_dim, sizeof(T));
     const auto kernel = slices == 2 ? qkv_attention_kernel<T, 128, 2> : qkv_attention_kernel<T, 128, 4>;
-    if (bytes > 48 * 1024) {
-      const cudaError_t rc = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-      if (rc != cudaSuccess) return static_cast<int>(rc);
-    }
-    int resident = 0, sms = 0;
-    const int rc = resident_blocks((const void*)kernel, bytes, &resident, &sms);
+    int capacity = 0;
+    const int rc = prepare_kernel(kernel, bytes, &capacity);
     if (rc != 0) return rc;
-    const int capacity = std::max(1, resident) * sms;
     if (2 * consumers > capacity) return separately();
     // the product's blocks as its own launch would take them: as few rounds as the room allows
     const int per_block = GEMV_WARPS / slices;
