@@ -7,7 +7,7 @@ import { findLibrary, type LibrarySpec, overrideVariable } from "./discover.ts";
 import { buildNative, KERNELS_LIBRARY } from "../native/build.ts";
 
 export const KERNELS: LibrarySpec = { name: "kernels", files: ["librankflow_kernels.so"], cuda: false };
-export const ABI_VERSION = 7;
+export const ABI_VERSION = 8;
 
 const stream = "u64"; // void* stream (cudaStream_t)
 const dev = "u64"; // device pointer
@@ -300,39 +300,6 @@ export const symbols = {
     ],
     result: "i32",
   },
-  rf_qkv_attention: {
-    parameters: [
-      "i32", // int dtype
-      dev, // const void* x
-      dev, // const void* norm
-      "f32", // float eps
-      dev, // const void* w
-      dev, // const void* bias
-      dev, // void* qkv
-      "i32", // int k_dim
-      dev, // void* k_cache
-      dev, // void* v_cache
-      dev, // const int32_t* slots
-      dev, // const int32_t* cache_pos
-      dev, // const int32_t* rope_pos
-      "i32", // int rope_period
-      "i32", // int rope_q
-      "i32", // int rope_k
-      "f32", // float theta
-      "i32", // int heads
-      "i32", // int kv_heads
-      "i32", // int head_dim
-      "i32", // int max_len
-      "i32", // int span
-      "f32", // float scale
-      dev, // float* scratch
-      dev, // int* counters
-      dev, // void* words
-      dev, // void* out
-      stream, // void* stream
-    ],
-    result: "i32",
-  },
   rf_decode_attention_scratch_bytes: {
     parameters: [
       "i32", // int tokens
@@ -372,6 +339,15 @@ export const symbols = {
   },
   rf_set_programmatic_launch: {
     parameters: ["i32"], // int on
+    result: "i32",
+  },
+  rf_set_attention_room: {
+    parameters: [
+      "i32", // int dtype
+      "i32", // int heads
+      "i32", // int kv_heads
+      "i32", // int head_dim
+    ],
     result: "i32",
   },
   rf_graph_launch_sync: {

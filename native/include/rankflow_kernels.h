@@ -90,17 +90,6 @@ int rf_decode_attention(int dtype, const void* q, int ldq, const void* k, int ld
                         int heads, int kv_heads, int head_dim, int max_len, int span, float scale, float* scratch,
                         int* counters, void* out, void* stream);
 int64_t rf_decode_attention_scratch_bytes(int tokens, int heads, int head_dim, int max_len);
-/* rf_gemv of one row of x (k_dim elements) into qkv: the rows of q, k and v of one token side by
- * side, n = (heads + 2 * kv_heads) * head_dim outputs (not gated, no residual); then
- * rf_decode_attention of that token over them, the arguments as there (scratch and counters too).
- * In one launch where the kernels allow it (f16 or bf16, head_dim a multiple of 16), as the two
- * otherwise. words: n / 2 u64, zero before the first launch, used by no other kernel (launches
- * that share scratch and counters may share them). */
-int rf_qkv_attention(int dtype, const void* x, const void* norm, float eps, const void* w, const void* bias, void* qkv,
-                     int k_dim, void* k_cache, void* v_cache, const int32_t* slots, const int32_t* cache_pos,
-                     const int32_t* rope_pos, int rope_period, int rope_q, int rope_k, float theta, int heads,
-                     int kv_heads, int head_dim, int max_len, int span, float scale, float* scratch, int* counters,
-                     void* words, void* out, void* stream);
 /* out[m, n] = x[m, :] · w[n, :] (+ bias[n]) (+ residual[m, n]) for 1 ≤ m ≤ 8: decode products at
  * weight-streaming speed. k and ldx must be multiples of 8 (4 for f32), pointers 16-byte aligned;
  * residual shares out's row stride; bias, residual and norm may be NULL.
@@ -115,6 +104,13 @@ int rf_gemv_stages(int dtype, int m, int k);
  * each may start during the one before it and load its weights. Returns 1 when on, 0 when off,
  * a negative cudaError on failure. */
 int rf_set_programmatic_launch(int on);
+/* Makes the one-row products (rf_gemv at m = 1) leave room for the decode attention of this shape
+ * that runs between them: each of their blocks reserves, unused, as much shared memory as one
+ * rf_decode_attention block takes, so that the multiprocessors they run on are configured with
+ * room for attention's blocks to start as theirs end (not where fewer product blocks would fit).
+ * heads 0, or a shape rf_decode_attention does not take, reserves nothing. For the process, like
+ * rf_set_programmatic_launch. Returns the bytes a block reserves, or a negative cudaError. */
+int rf_set_attention_room(int dtype, int heads, int kv_heads, int head_dim);
 /* Launches an instantiated CUDA graph (cudaGraphExec_t) and waits for the stream: one call per decode step. */
 int rf_graph_launch_sync(void* exec, void* stream);
 

@@ -15,13 +15,9 @@
 // values) as M, the group's q heads, at most 8 and padded with zero rows, as N. q is then scaled
 // after its product instead of before, and the softmax weights are rounded to the dtype, as in
 // prefill attention; f32 and other head sizes take the scalar path (MMA false).
-// rf_qkv_attention runs the product that makes q, k and v and this attention in one launch (see
-// qkv_attention_kernel).
-#include <stdlib.h>
-
 #include <algorithm>
 
-#include "gemv_one.cuh"
+#include "common.cuh"
 
 static const int DTHREADS = 256;
 // 128-key chunks (many tokens, long spans) in at most 80 registers, three blocks a multiprocessor (a
@@ -80,22 +76,14 @@ __device__ __forceinline__ void get_words(const Word* at, Word* a, Word* b) {
 }
 __device__ __forceinline__ float value_of(Word w) { return __uint_as_float((unsigned)w); }
 
-__device__ __forceinline__ Word get_word(const Word* at) {
-  Word w;
-  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(w) : "l"(at) : "memory");
-  return w;
-}
-
-// A block's work: token t, kv head kvh, chunk `chunk`. It reads q, k and v from their rows, written
-// by the kernel before, or (qkv_words set, one token) from the tagged words that the one-row
-// product in the same launch stores them in (TaggedRows in gemv_one.cuh), each word until it
-// carries this launch's tag.
+// On tensor cores, 64-key blocks take at most 80 registers (the merge's 3 chunks in flight keep
+// them there), so that two fit beside a block of a one-row product.
 template <typename T, int KEYS, bool MMA>
-__device__ __forceinline__ void decode_attention_body(
+__global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : DECODE_MANY_BLOCKS) decode_attention_kernel(
     const T* q, int64_t ldq, const T* k, int64_t ldk, const T* v, int64_t ldv, T* k_cache, T* v_cache,
     const int32_t* slots, const int32_t* cache_pos, const int32_t* rope_pos, int64_t rope_period, int rope_q,
     int rope_k, float theta, int heads, int kv_heads, int head_dim, int64_t max_len, float scale, Word* scratch,
-    int* counters, T* out, int designated, int64_t t, int kvh, int chunk, const Word* qkv_words) {
+    int* counters, T* out, int designated) {
   extern __shared__ __align__(16) unsigned char decode_shared[];
   const int group = heads / kv_heads;
   // shared: scores, f32 [group][KEYS]; then on the scalar path q, f32 [group][head_dim], and the
@@ -113,6 +101,9 @@ __device__ __forceinline__ void decode_attention_body(
   __shared__ bool last_block;
   __shared__ float rot_cos[MAX_HEAD_DIM / 2], rot_sin[MAX_HEAD_DIM / 2];
 
+  const int64_t t = blockIdx.x;
+  const int kvh = blockIdx.y;
+  const int chunk = blockIdx.z;
   // Slot, cache position and rotary position, copied in before the step's first kernel, are read
   // before the wait and together: a block that starts late (its multiprocessor busy with the
   // product before) pays one round trip for them, not two behind its own cached rows' copies.
@@ -178,26 +169,6 @@ __device__ __forceinline__ void decode_attention_body(
   }
   __syncthreads();
   pdl_wait();
-  // From the product's words: q of the group's heads, then the token's own k and v.
-  __shared__ __align__(16) T staged[(MAX_GROUP + 2) * MAX_HEAD_DIM];
-  if (qkv_words) {
-    const int q_words = group * half, kv_words = half;
-    const Word* q_at = qkv_words + kvh * q_words;
-    const Word* k_at = qkv_words + heads * half + kvh * kv_words;
-    const Word* v_at = qkv_words + (heads + kv_heads) * half + kvh * kv_words;
-    const int count = q_words + (own ? 2 * kv_words : 0);
-    for (int w = threadIdx.x; w < count; w += DTHREADS) {
-      const Word* at = w < q_words ? q_at + w : w < q_words + kv_words ? k_at + (w - q_words)
-                                                                         : v_at + (w - q_words - kv_words);
-      Word word = get_word(at);
-      while ((unsigned)(word >> 32) != tag) {
-        __nanosleep(256);  // fewer reads of L2 while the product's blocks stream their weights
-        word = get_word(at);
-      }
-      reinterpret_cast<unsigned*>(staged)[w] = (unsigned)word;
-    }
-    __syncthreads();
-  }
   RF_TRACE_WAITED();
 
   // q of the group's heads, then (in the chunk that holds it) the token's own k and v: one item a
@@ -209,7 +180,7 @@ __device__ __forceinline__ void decode_attention_body(
     if (idx < q_items) {
       const int i = idx / half;
       const int d = idx - i * half;
-      const T* src = qkv_words ? staged + i * head_dim : q + t * ldq + (int64_t)(kvh * group + i) * head_dim;
+      const T* src = q + t * ldq + (int64_t)(kvh * group + i) * head_dim;
       float a = to_f32(src[d]), b = to_f32(src[d + half]);
       if (rope_q) {
         const float c = rot_cos[d], s = rot_sin[d];
@@ -227,8 +198,8 @@ __device__ __forceinline__ void decode_attention_body(
       continue;
     }
     const int d = idx - q_items;
-    const T* ks = qkv_words ? staged + group * head_dim : k + t * ldk + (int64_t)kvh * head_dim;
-    const T* vs = qkv_words ? ks + head_dim : v + t * ldv + (int64_t)kvh * head_dim;
+    const T* ks = k + t * ldk + (int64_t)kvh * head_dim;
+    const T* vs = v + t * ldv + (int64_t)kvh * head_dim;
     float a = to_f32(ks[d]), b = to_f32(ks[d + half]);
     const T va = vs[d], vb = vs[d + half];
     if (rope_k) {
@@ -439,45 +410,6 @@ __device__ __forceinline__ void decode_attention_body(
   RF_TRACE_END(RF_TRACE_MERGE, used);
 }
 
-// On tensor cores, 64-key blocks take at most 80 registers (the merge's 3 chunks in flight keep
-// them there), so that two fit beside a block of a one-row product.
-template <typename T, int KEYS, bool MMA>
-__global__ void __launch_bounds__(DTHREADS, KEYS == MIN_KEYS ? (MMA ? 3 : 1) : DECODE_MANY_BLOCKS) decode_attention_kernel(
-    const T* q, int64_t ldq, const T* k, int64_t ldk, const T* v, int64_t ldv, T* k_cache, T* v_cache,
-    const int32_t* slots, const int32_t* cache_pos, const int32_t* rope_pos, int64_t rope_period, int rope_q,
-    int rope_k, float theta, int heads, int kv_heads, int head_dim, int64_t max_len, float scale, Word* scratch,
-    int* counters, T* out, int designated) {
-  decode_attention_body<T, KEYS, MMA>(q, ldq, k, ldk, v, ldv, k_cache, v_cache, slots, cache_pos, rope_pos,
-                                      rope_period, rope_q, rope_k, theta, heads, kv_heads, head_dim, max_len, scale,
-                                      scratch, counters, out, designated, blockIdx.x, blockIdx.y, blockIdx.z,
-                                      nullptr);
-}
-
-// The one-row product that makes q, k and v (its first `producers` blocks) and decode attention of
-// one token (the rest) in one launch. The attention blocks copy their cached rows in while the
-// product runs and take its rows as its blocks store them (as tagged words), with no launch
-// between. Only the attention blocks wait for other blocks of the launch, for product blocks (which
-// wait for nothing in it) and for each other (the merge): while they take at most half the GPU's
-// room (checked at launch), the others always find room.
-template <typename T, int KEYS, int SLICES>
-__global__ void __launch_bounds__(DTHREADS, 2) qkv_attention_kernel(
-    const GemvParams<T> p, const TaggedRows tagged, unsigned producers, T* k_cache, T* v_cache, const int32_t* slots,
-    const int32_t* cache_pos, const int32_t* rope_pos, int64_t rope_period, int rope_q, int rope_k, float theta,
-    int heads, int kv_heads, int head_dim, int64_t max_len, float scale, Word* scratch, int* counters, T* out,
-    int designated) {
-  if (blockIdx.x < producers) {
-    gemv_one_body<T, SLICES, 4>(p, blockIdx.x, producers, &tagged);
-    return;
-  }
-  const unsigned b = blockIdx.x - producers;
-  const int kvh = b % kv_heads;
-  const int chunk = b / kv_heads;
-  const T* q = p.out;
-  decode_attention_body<T, KEYS, true>(q, p.n, q, p.n, q, p.n, k_cache, v_cache, slots, cache_pos, rope_pos,
-                                       rope_period, rope_q, rope_k, theta, heads, kv_heads, head_dim, max_len, scale,
-                                       scratch, counters, out, designated, 0, kvh, chunk, tagged.words);
-}
-
 RF_TRACE_SETTER(decode_attention)
 
 // The kernel for a dtype, chunk size and path (tensor cores only for 16-bit dtypes).
@@ -519,17 +451,17 @@ static bool decode_arguments_valid(int heads, int kv_heads, int head_dim, int ma
 // and the chunks each merge reads.
 static int decode_keys(int tokens, int kv_heads, int span) { return tokens * kv_heads >= 32 || span > 512 ? 128 : 64; }
 
-// Lets `kernel` take `bytes` of dynamic shared memory, then gives the GPU's room for its blocks:
-// how many fit on all multiprocessors at once.
+// Lets `kernel` take `bytes` of dynamic shared memory, then gives how many of its blocks fit on all
+// multiprocessors at once.
 template <typename Kernel>
-static int prepare_kernel(Kernel kernel, size_t bytes, int* room) {
+static int prepare_kernel(Kernel kernel, size_t bytes, int* capacity) {
   cudaError_t rc = cudaSuccess;
   if (bytes > 48 * 1024) rc = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
   int per_sm = 0, sms = 0, device = 0;
   if (rc == cudaSuccess) rc = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, DTHREADS, bytes);
   if (rc == cudaSuccess) rc = cudaGetDevice(&device);
   if (rc == cudaSuccess) rc = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  *room = std::max(1, per_sm) * sms;
+  *capacity = std::max(1, per_sm) * sms;
   return static_cast<int>(rc);
 }
 
@@ -551,10 +483,10 @@ extern "C" int rf_decode_attention(int dtype, const void* q, int ldq, const void
     const bool mma = sizeof(T) == 2 && head_dim % 16 == 0;
     const size_t bytes = decode_shared_bytes(mma, group, keys, head_dim, sizeof(T));
     const auto kernel = keys == 128 ? decode_kernel<T, 128>(mma) : decode_kernel<T, 64>(mma);
-    int room = 0;
-    const int rc = prepare_kernel(kernel, bytes, &room);
+    int capacity = 0;
+    const int rc = prepare_kernel(kernel, bytes, &capacity);
     if (rc != 0) return rc;
-    const int designated = 2 * tokens * kv_heads <= room ? 1 : 0;
+    const int designated = 2 * tokens * kv_heads <= capacity ? 1 : 0;
     return rf_launch(kernel, grid, dim3(DTHREADS), bytes, RF_STREAM(stream), (const T*)q,
                      (int64_t)ldq, (const T*)k, (int64_t)ldk, (const T*)v, (int64_t)ldv, (T*)k_cache, (T*)v_cache,
                      slots, cache_pos, rope_pos, (int64_t)rope_period, rope_q, rope_k, theta, heads, kv_heads,
@@ -564,71 +496,35 @@ extern "C" int rf_decode_attention(int dtype, const void* q, int ldq, const void
   return 0;
 }
 
-int rf_gemv_one_slices(int dtype, int k);
-// RANKFLOW_QKV_ATTENTION=0 keeps the two launches, for benchmarks (read once).
-static const bool qkv_attention_on = [] {
-  const char* value = getenv("RANKFLOW_QKV_ATTENTION");
-  return !(value && value[0] == '0');
-}();
+void rf_set_one_row_room(int bytes);
 
-// The one-row product of x and w into qkv, the rows of q, k and v of one token side by side (rf_gemv
-// with m = 1, not gated), then decode attention of that token (rf_decode_attention). In one launch
-// where the product takes rankflow's one-row kernel at 2 or 4 warps a row, attention takes tensor
-// cores and 128-key chunks (spans past 512) and its blocks take at most half the GPU's room;
-// otherwise as those two launches. At shorter spans attention's few blocks already start beside the
-// product's and load their rows early, and sharing the launch slowed the product more than it saved
-// (bench/RESULTS.md).
-extern "C" int rf_qkv_attention(int dtype, const void* x, const void* norm, float eps, const void* w,
-                                const void* bias, void* qkv, int k_dim, void* k_cache, void* v_cache,
-                                const int32_t* slots, const int32_t* cache_pos, const int32_t* rope_pos,
-                                int rope_period, int rope_q, int rope_k, float theta, int heads, int kv_heads,
-                                int head_dim, int max_len, int span, float scale, float* scratch, int* counters,
-                                void* words, void* out, void* stream) {
-  if (!decode_arguments_valid(heads, kv_heads, head_dim, max_len, span, rope_q, rope_k, rope_pos, rope_period)) {
-    return static_cast<int>(cudaErrorInvalidValue);
+// The shared memory (static and dynamic) of one decode-attention block of this shape: the most over
+// the kernels a decode step may take (64- and 128-key chunks), or a negative cudaError.
+template <typename T>
+static int attention_block_bytes(int group, int head_dim) {
+  const bool mma = sizeof(T) == 2 && head_dim % 16 == 0;
+  int most = 0;
+  for (const int keys : {64, 128}) {
+    const auto kernel = keys == 128 ? decode_kernel<T, 128>(mma) : decode_kernel<T, 64>(mma);
+    cudaFuncAttributes attributes;
+    const cudaError_t rc = cudaFuncGetAttributes(&attributes, kernel);
+    if (rc != cudaSuccess) return -static_cast<int>(rc);
+    const size_t bytes = attributes.sharedSizeBytes + decode_shared_bytes(mma, group, keys, head_dim, sizeof(T));
+    most = std::max(most, (int)bytes);
   }
-  const int n = (heads + 2 * kv_heads) * head_dim;
-  const auto separately = [&]() {
-    const int rc = rf_gemv(dtype, 1, x, k_dim, norm, eps, w, bias, nullptr, qkv, n, n, k_dim, 0, stream);
-    if (rc != 0) return rc;
-    const int elem = dtype == RF_F32 ? 4 : 2;
-    const char* q = static_cast<const char*>(qkv);
-    const char* k = q + (size_t)heads * head_dim * elem;
-    const char* v = k + (size_t)kv_heads * head_dim * elem;
-    return rf_decode_attention(dtype, q, n, k, n, v, n, k_cache, v_cache, slots, cache_pos, rope_pos, rope_period,
-                               rope_q, rope_k, theta, 1, heads, kv_heads, head_dim, max_len, span, scale, scratch,
-                               counters, out, stream);
-  };
-  const int slices = rf_gemv_one_slices(dtype, k_dim);
-  if (!qkv_attention_on || (dtype != RF_F16 && dtype != RF_BF16) || head_dim % 16 != 0 ||
-      (slices != 2 && slices != 4) || decode_keys(1, kv_heads, span) != 128) {
-    return separately();
+  return most;
+}
+
+// RANKFLOW_ATTENTION_ROOM=0 reserves nothing, for benchmarks.
+extern "C" int rf_set_attention_room(int dtype, int heads, int kv_heads, int head_dim) {
+  int bytes = 0;
+  const char* setting = getenv("RANKFLOW_ATTENTION_ROOM");
+  const bool on = !(setting && setting[0] == '0');
+  // a shape decode attention does not take reserves nothing
+  if (on && heads > 0 && decode_arguments_valid(heads, kv_heads, head_dim, 1, 1, 0, 0, nullptr, 0)) {
+    RF_DISPATCH(dtype, { bytes = attention_block_bytes<T>(heads / kv_heads, head_dim); });
+    if (bytes < 0) return bytes;
   }
-  const int group = heads / kv_heads;
-  const int keys = 128;
-  const int consumers = kv_heads * decode_chunks(span, keys);
-  const auto launch = [&](auto element) -> int {
-    using T = decltype(element);
-    const size_t bytes = decode_shared_bytes(true, group, keys, head_dim, sizeof(T));
-    const auto kernel = slices == 2 ? qkv_attention_kernel<T, 128, 2> : qkv_attention_kernel<T, 128, 4>;
-    int capacity = 0;
-    const int rc = prepare_kernel(kernel, bytes, &capacity);
-    if (rc != 0) return rc;
-    if (2 * consumers > capacity) return separately();
-    // the product's blocks as its own launch would take them: as few rounds as the room allows
-    const int per_block = GEMV_WARPS / slices;
-    const int groups = (n / 2 + per_block - 1) / per_block;
-    const int rounds = (groups + capacity - 1) / capacity;
-    const int producers = std::max(1, (groups + rounds - 1) / rounds);
-    const int designated = 2 * kv_heads <= capacity ? 1 : 0;
-    const GemvParams<T> params = {(const T*)x, k_dim, (const T*)norm, eps, (const T*)w, (const T*)bias,
-                                  nullptr, (T*)qkv, n, n, k_dim, 0, 0};
-    const TaggedRows tagged = {static_cast<Word*>(words), counters, heads * head_dim, kv_heads * head_dim, head_dim,
-                               group};
-    return rf_launch(kernel, dim3((unsigned)(producers + consumers)), dim3(DTHREADS), bytes, RF_STREAM(stream),
-                     params, tagged, (unsigned)producers, (T*)k_cache, (T*)v_cache, slots, cache_pos, rope_pos,
-                     (int64_t)rope_period, rope_q, rope_k, theta, heads, kv_heads, head_dim, (int64_t)max_len, scale,
-                     reinterpret_cast<Word*>(scratch), counters, (T*)out, designated);
-  };
-  return dtype == RF_F16 ? launch(__half()) : launch(__nv_bfloat16());
+  rf_set_one_row_room(bytes);
+  return bytes;
 }

@@ -7,8 +7,7 @@
 //   they overlap the kernel before (weights are never written);
 // - one row of x (batch-1 decode) lives in registers: a warp holds a slice of 32 lanes × 4
 //   vectors of it (1024 bf16 elements), a row is split over up to 8 warps of a block, which add
-//   up their parts in shared memory, and the RMSNorm that feeds the product is applied there
-//   (its body is in gemv_one.cuh, which rf_qkv_attention runs too);
+//   up their parts in shared memory, and the RMSNorm that feeds the product is applied there;
 // - several rows of x are staged once per block in shared memory, normalized on the way, and in
 //   f16/bf16 go through tensor cores (mma.m16n8k16, below); f32 keeps an FMA kernel;
 // - `gated` pairs row j with row j + n/2 and writes silu(x·w_j) · (x·w_{j+n/2}): the gate and up
@@ -19,10 +18,44 @@
 
 #include <type_traits>
 
-#include "gemv_one.cuh"
+#include "common.cuh"
 
+static const int GEMV_WARPS = 8;
 static const int GEMV_UNROLL = 8;                  // 16-byte vectors per lane per row in flight
 static const int GEMV_STAGE_LIMIT = 64 * 1024;     // bytes of staged x per block
+
+template <typename T>
+struct GemvParams {
+  const T* x;
+  int ldx;
+  const T* norm;  // RMSNorm weight, or null
+  float eps;
+  const T* w;
+  const T* bias;
+  const T* residual;
+  T* out;
+  int ld_out;
+  int n;
+  int k;
+  int gated;
+  int staged;
+};
+
+template <typename T>
+__device__ __forceinline__ void unpack(const uint4& raw, float* out) {
+  const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 16 / (int)sizeof(T); i++) out[i] = to_f32(v[i]);
+}
+
+// A weight vector, streamed past L1 (each is read once).
+__device__ __forceinline__ uint4 load_stream(const void* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
 
 // x (normalized when p.norm is set) into shared memory as [M][k] elements of T.
 template <typename T, int M>
@@ -159,9 +192,181 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(const GemvParams<
   }
 }
 
+// One row of x: warp w of a block takes pair w / SLICES over the slice w % SLICES of k (U vectors
+// of 16 bytes per lane per row), with x's slice in registers; the slices' norms and dot products
+// add up in shared memory.
 template <typename T, int SLICES, int U>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, U == 4 ? 2 : 1) gemv_one_kernel(const GemvParams<T> p) {
-  gemv_one_body<T, SLICES, U>(p, blockIdx.x, gridDim.x);
+  constexpr int V = 16 / sizeof(T);
+  constexpr int CHUNK = 32 * V * U;
+  constexpr int PER_BLOCK = GEMV_WARPS / SLICES;  // pairs a block takes at a time
+  __shared__ float parts[GEMV_WARPS][2];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int slice = warp % SLICES;
+  const int local = warp / SLICES;
+  const int k0 = slice * CHUNK;
+  const int half = p.n / 2;
+  const int pairs = p.gated ? half : (p.n + 1) / 2;
+  const int groups = (pairs + PER_BLOCK - 1) / PER_BLOCK;
+  RF_TRACE_START();
+
+  uint4 wa[U], wb[U];
+  const auto rows = [&](int pair, int* a, int* b) {
+    *a = p.gated ? pair : 2 * pair;
+    *b = p.gated ? pair + half : min(2 * pair + 1, p.n - 1);
+  };
+  const auto load = [&](int group) {
+    const int pair = group * PER_BLOCK + local;
+    if (group >= groups || pair >= pairs) return;
+    int a, b;
+    rows(pair, &a, &b);
+    const T* ra = p.w + (int64_t)a * p.k;
+    const T* rb = p.w + (int64_t)b * p.k;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int kk = k0 + (u * 32 + lane) * V;
+      if (kk < p.k) {
+        wa[u] = load_stream(ra + kk);
+        wb[u] = load_stream(rb + kk);
+      }
+    }
+  };
+
+  // What only lane 0 of a pair's first slice adds to its two outputs: bias and residual, loaded a
+  // group ahead so that their latency hides behind the products.
+  const bool writer = slice == 0 && lane == 0;
+  float bias_a = 0.f, bias_b = 0.f, res_a = 0.f, res_b = 0.f;
+  const auto fetch_extra = [&](int group, bool weights, bool activations) {
+    const int pair = group * PER_BLOCK + local;
+    if (!writer || group >= groups || pair >= pairs) return;
+    int a, b;
+    rows(pair, &a, &b);
+    if (weights && p.bias) {
+      bias_a = to_f32(p.bias[a]);
+      bias_b = to_f32(p.bias[b]);
+    }
+    if (activations && p.residual) {
+      res_a = to_f32(p.residual[a]);
+      res_b = to_f32(p.residual[b]);
+    }
+  };
+
+  int group = blockIdx.x;
+  load(group);
+  // The norm's weights are constants too: loaded before the wait, they are not on the path from
+  // the kernel before to this one's first products.
+  uint4 gr[U];
+  if (p.norm) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int kk = k0 + (u * 32 + lane) * V;
+      if (kk < p.k) gr[u] = __ldg(reinterpret_cast<const uint4*>(p.norm + kk));
+    }
+  }
+  fetch_extra(group, true, false);
+  pdl_wait();
+  RF_TRACE_WAITED();
+  fetch_extra(group, false, true);
+  uint4 xr[U];
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    const int kk = k0 + (u * 32 + lane) * V;
+    xr[u] = kk < p.k ? *reinterpret_cast<const uint4*>(p.x + kk) : make_uint4(0, 0, 0, 0);
+  }
+  if (p.norm) {
+    float sum = 0.f;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      float v[V];
+      unpack<T>(xr[u], v);
+#pragma unroll
+      for (int i = 0; i < V; i++) sum += v[i] * v[i];
+    }
+    sum = warp_sum(sum);
+    if (SLICES > 1) {
+      // warps 0 .. SLICES-1 hold the slices of the whole row
+      if (lane == 0) parts[warp][0] = sum;
+      __syncthreads();
+      sum = 0.f;
+      for (int s = 0; s < SLICES; s++) sum += parts[s][0];
+      __syncthreads();
+    }
+    const float scale = rsqrtf(sum / (float)p.k + p.eps);
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int kk = k0 + (u * 32 + lane) * V;
+      if (kk < p.k) {
+        float v[V], g[V];
+        unpack<T>(xr[u], v);
+        unpack<T>(gr[u], g);
+        T* r = reinterpret_cast<T*>(&xr[u]);
+#pragma unroll
+        for (int i = 0; i < V; i++) r[i] = from_f32<T>(g[i] * (v[i] * scale));
+      }
+    }
+  }
+  pdl_trigger();
+
+  for (; group < groups; group += gridDim.x) {
+    const int pair = group * PER_BLOCK + local;
+    float va = 0.f, vb = 0.f;
+    if (pair < pairs) {
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        const int kk = k0 + (u * 32 + lane) * V;
+        if (kk < p.k) {
+          float xv[V], fa[V], fb[V];
+          unpack<T>(xr[u], xv);
+          unpack<T>(wa[u], fa);
+          unpack<T>(wb[u], fb);
+#pragma unroll
+          for (int i = 0; i < V; i++) {
+            va += xv[i] * fa[i];
+            vb += xv[i] * fb[i];
+          }
+        }
+      }
+    }
+    load(group + gridDim.x);  // in flight during the reduction
+    va = warp_sum(va);
+    vb = warp_sum(vb);
+    if (SLICES > 1) {
+      if (lane == 0) {
+        parts[warp][0] = va;
+        parts[warp][1] = vb;
+      }
+      __syncthreads();
+      if (slice == 0) {
+        for (int s = 1; s < SLICES; s++) {
+          va += parts[warp + s][0];
+          vb += parts[warp + s][1];
+        }
+      }
+    }
+    if (writer && pair < pairs) {
+      int a, b;
+      rows(pair, &a, &b);
+      if (p.bias) {
+        va += bias_a;
+        vb += bias_b;
+      }
+      if (p.gated) {
+        const float gate = to_f32(from_f32<T>(silu(to_f32(from_f32<T>(va)))));
+        p.out[pair] = from_f32<T>(gate * to_f32(from_f32<T>(vb)));
+      } else {
+        if (p.residual) va += res_a;
+        p.out[a] = from_f32<T>(va);
+        if (b != a) {
+          if (p.residual) vb += res_b;
+          p.out[b] = from_f32<T>(vb);
+        }
+      }
+    }
+    fetch_extra(group + gridDim.x, true, true);
+    if (SLICES > 1) __syncthreads();
+  }
+  RF_TRACE_END(RF_TRACE_PRODUCT, ((p.k / 256) << 16) | (p.n / 16));
 }
 
 RF_TRACE_SETTER(gemv)
@@ -214,12 +419,27 @@ static int tuning(const char* name, int fallback) {
 static const int force_staged = tuning("RANKFLOW_GEMV_STAGED", 0);
 static const int unroll = tuning("RANKFLOW_GEMV_UNROLL", 4);
 
+// Shared memory each block of a one-row product reserves, unused (rf_set_attention_room): the
+// multiprocessors its blocks run on are then set up with room for decode attention's blocks to start
+// there as the product's blocks end. Without it attention's blocks started only on multiprocessors
+// the product's blocks had all left, as if a multiprocessor changed its split of L1 and shared
+// memory only once empty (bench/RESULTS.md). Not reserved where fewer product blocks would fit.
+static int room_bytes = 0;
+
 template <typename T, int SLICES, int U>
 static int gemv_one_launch(const GemvParams<T>& params, cudaStream_t stream) {
   const auto kernel = gemv_one_kernel<T, SLICES, U>;
   int resident = 0;
   cudaError_t rc = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, GEMV_WARPS * 32, 0);
   if (rc != cudaSuccess) return static_cast<int>(rc);
+  int room = room_bytes;
+  if (room > 0) {
+    if (room > 48 * 1024) rc = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, room);
+    int fit = 0;
+    if (rc == cudaSuccess) rc = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, GEMV_WARPS * 32, room);
+    if (rc != cudaSuccess) return static_cast<int>(rc);
+    if (fit < resident) room = 0;
+  }
   const int pairs = params.gated ? params.n / 2 : (params.n + 1) / 2;
   constexpr int PER_BLOCK = GEMV_WARPS / SLICES;
   const int groups = (pairs + PER_BLOCK - 1) / PER_BLOCK;
@@ -228,8 +448,10 @@ static int gemv_one_launch(const GemvParams<T>& params, cudaStream_t stream) {
   const int capacity = max(1, resident) * multiprocessors();
   const int rounds = (groups + capacity - 1) / capacity;
   const int blocks = max(1, (groups + rounds - 1) / rounds);
-  return rf_launch(kernel, dim3((unsigned)blocks), dim3(GEMV_WARPS * 32), 0, stream, params);
+  return rf_launch(kernel, dim3((unsigned)blocks), dim3(GEMV_WARPS * 32), room, stream, params);
 }
+
+void rf_set_one_row_room(int bytes) { room_bytes = bytes; }
 
 // Warps over one row of x at `u` vectors a lane: 1, 2, 4 or 8 (0 where 8 warps do not cover it).
 template <typename T>
@@ -491,13 +713,6 @@ static int gemv(int m, const GemvParams<T>& params, cudaStream_t stream) {
     default:
       return static_cast<int>(cudaErrorInvalidValue);
   }
-}
-
-// Warps over a row of k elements for rf_qkv_attention's product: its one-row kernel's, where rf_gemv
-// would take that kernel at 4 vectors a lane (0 where it would not).
-int rf_gemv_one_slices(int dtype, int k) {
-  if (force_staged || unroll != 4 || dtype == RF_F32) return 0;
-  return slices_of<__half>(k, 4);
 }
 
 extern "C" int rf_gemv_stages(int dtype, int m, int k) {

@@ -4,7 +4,7 @@
 
 int rf_programmatic = 0;
 
-extern "C" int rf_abi_version(void) { return 7; }
+extern "C" int rf_abi_version(void) { return 8; }
 
 extern "C" const char* rf_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
 

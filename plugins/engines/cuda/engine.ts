@@ -19,10 +19,11 @@ import type { SequenceEngine, SequenceOptions } from "../../../core/runtime/sequ
 import type { ProcessGroup } from "../../../core/dist/group.ts";
 import { Gemm } from "../../../ffi/cublaslt.ts";
 import { check as checkCuda, cudart, MEMCPY } from "../../../ffi/cuda.ts";
-import { check as checkKernel, kernels } from "../../../ffi/kernels.ts";
+import { check as checkKernel, KERNEL_DTYPE, kernels } from "../../../ffi/kernels.ts";
 import { DeviceContext } from "./device.ts";
 import { lower, type Lowered } from "./lower.ts";
 import { bind, type BindContext, type Caches } from "./program.ts";
+import { floatDtype } from "./views.ts";
 import { type DeviceWeights, uploadWeights } from "./weights.ts";
 import { type DeviceCommunicator, isDeviceGroup } from "./communicator.ts";
 import { type CudaSequenceOptions, CudaSequences } from "./sequences.ts";
@@ -75,6 +76,17 @@ export class CudaEngine implements SequenceEngine {
     const programmatic = kernels().rf_set_programmatic_launch(options.programmaticLaunch ? 1 : 0);
     if (programmatic < 0) checkKernel(-programmatic, "rf_set_programmatic_launch");
     try {
+      // Likewise: the one-row products leave room for this graph's decode attention.
+      const attention = this.lowered.steps.find((step) => step.kind === "attention");
+      const room = attention
+        ? kernels().rf_set_attention_room(
+          KERNEL_DTYPE[floatDtype(this.lowered.types.get(attention.q.value)!.dtype, attention.out)],
+          attention.heads,
+          attention.kvHeads,
+          attention.headDim,
+        )
+        : kernels().rf_set_attention_room(0, 0, 0, 0);
+      if (room < 0) checkKernel(-room, "rf_set_attention_room");
       this.weights = uploadWeights(this.ctx, graph, this.lowered, hostWeights);
     } catch (error) {
       this.ctx[Symbol.dispose]();

@@ -22,11 +22,8 @@ import { bindMovement } from "./steps/movement.ts";
 export interface Caches {
   k: bigint[];
   v: bigint[];
-  /**
-   * Per layer: the decode-attention kernel's merge state and partial softmaxes, and the words in which the
-   * qkv product hands it q, k and v within one launch (zeroed once; layers of one shape share them).
-   */
-  merge: { counters: bigint; partials: bigint; words: bigint }[];
+  /** Per layer: the decode-attention kernel's merge state and partial softmaxes (zeroed once; layers of one shape share them). */
+  merge: { counters: bigint; partials: bigint }[];
   maxLength: number;
 }
 
@@ -78,22 +75,6 @@ export class Binder {
    * computed: `logits`, and under tensor parallelism the vocabulary shard that is gathered into it.
    */
   readonly logitRows = new Set<string>();
-  /**
-   * The last one-row product launched through rankflow's kernel (no residual, not gated): decode
-   * attention that reads its output right after it takes it into one launch (rf_qkv_attention).
-   */
-  oneRowProduct?: {
-    at: number;
-    dtype: number;
-    x: bigint;
-    norm: bigint;
-    eps: number;
-    w: bigint;
-    bias: bigint;
-    out: bigint;
-    n: number;
-    k: number;
-  };
   #offset = 0;
 
   constructor(readonly steps: Step[], readonly ctx: BindContext) {
@@ -178,12 +159,6 @@ export class Binder {
 
   launch(what: string, call: () => number): void {
     this.push(what, () => checkKernel(call(), what));
-  }
-
-  /** The last launch, replaced by one that does its work and more. */
-  replaceLast(what: string, call: () => number): void {
-    this.labels[this.labels.length - 1] = what;
-    this.launches[this.launches.length - 1] = () => checkKernel(call(), what);
   }
 
   /** The row stride at which `view` reads as rows of `width`, or a contiguous copy's. */

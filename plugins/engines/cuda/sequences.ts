@@ -147,7 +147,6 @@ export class CudaSequences implements Sequences {
         merges.set(shape, {
           counters: zeroed(16 * DECODE_TOKENS * step.kvHeads),
           partials: zeroed(Number(partials)),
-          words: zeroed(4 * (step.heads + 2 * step.kvHeads) * step.headDim),
         });
       }
       caches.merge[step.layer] = merges.get(shape)!;

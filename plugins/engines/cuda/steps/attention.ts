@@ -81,47 +81,8 @@ export function bindAttention(binder: Binder, step: Extract<Step, { kind: "atten
     tokens <= DECODE_TOKENS &&
     heads / kvHeads <= 8 && step.outTokenMajor && !step.v.rope;
   if (decode) {
-    const { partials, counters, words } = binder.ctx.caches!.merge[step.layer];
+    const { partials, counters } = binder.ctx.caches!.merge[step.layer];
     const target = binder.define(step.out);
-    // One token whose q, k and v the one-row product just before wrote side by side: both in one
-    // launch.
-    const product = binder.oneRowProduct;
-    const n = (heads + 2 * kvHeads) * headDim;
-    const at = (elements: number) => (product?.out ?? 0n) + BigInt(elements * bytes);
-    if (
-      tokens === 1 && product?.at === binder.launches.length - 1 && product.dtype === dtype &&
-      product.n === n &&
-      rq.ptr === at(0) && rk.ptr === at(heads * headDim) && rv.ptr === at((heads + kvHeads) * headDim) &&
-      rq.rowStride === n && rk.rowStride === n && rv.rowStride === n
-    ) {
-      binder.replaceLast(
-        `qkv-attention of layer ${step.layer}`,
-        () =>
-          k.rf_qkv_attention(
-            dtype,
-            product.x,
-            product.norm,
-            product.eps,
-            product.w,
-            product.bias,
-            product.out,
-            product.k,
-            ...cacheWrite,
-            heads,
-            kvHeads,
-            headDim,
-            maxLength,
-            span,
-            step.scale,
-            partials,
-            counters,
-            words,
-            target.ptr,
-            s,
-          ),
-      );
-      return;
-    }
     binder.launch(
       `attention of layer ${step.layer}`,
       () =>

@@ -98,20 +98,6 @@ export function bindProduct(binder: Binder, step: ProductStep, index: number): v
   }
   if (streamed) {
     streamInto(buffer, total, false);
-    if (m === 1 && !residual) {
-      binder.oneRowProduct = {
-        at: binder.launches.length - 1,
-        dtype: kernelDtype,
-        x: source.ptr,
-        norm: normW,
-        eps,
-        w,
-        bias: b,
-        out: buffer,
-        n: total,
-        k: step.k,
-      };
-    }
   } else {
     const pointers = { x: source.ptr, w, out: buffer, bias, residual };
     binder.push("product (cuBLASLt)", () => gemm.run(m, pointers, workspace, stream));
