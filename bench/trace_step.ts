@@ -76,11 +76,7 @@ function readBlocks(buffer: bigint): Block[] {
   });
 }
 
-/**
- * Blocks grouped into launches: by kind and size, then in time order a grid's worth at a time. The
- * blocks of one kind in a launch of two (rf_qkv_attention's qkv and attention) are fewer than its
- * grid: those go a layer's worth at a time, the layers counted by o's launches.
- */
+/** Blocks grouped into launches: by kind and size, then in time order a grid's worth at a time. */
 function launches(blocks: Block[]): Launch[] {
   const groups = new Map<string, Block[]>();
   for (const b of blocks) {
@@ -88,14 +84,10 @@ function launches(blocks: Block[]): Launch[] {
     const key = `${name} ${b.grid}`;
     groups.set(key, [...(groups.get(key) ?? []), b]);
   }
-  const layers = [...groups].filter(([key]) => key.startsWith("o ")).reduce(
-    (sum, [, list]) => sum + list.length / list[0].grid,
-    0,
-  );
   const out: Launch[] = [];
   for (const [key, list] of groups) {
     list.sort((a, b) => a.start - b.start);
-    const grid = list.length % list[0].grid === 0 || layers === 0 ? list[0].grid : list.length / layers;
+    const grid = list[0].grid;
     for (let i = 0; i < list.length; i += grid) {
       const part = list.slice(i, i + grid);
       const waits = part.map((b) => b.waited);
