@@ -22,7 +22,10 @@ import { bindMovement } from "./steps/movement.ts";
 export interface Caches {
   k: bigint[];
   v: bigint[];
-  /** Per layer: the decode-attention kernel's merge state and partial softmaxes (zeroed once; layers of one shape share them). */
+  /**
+   * Per layer: the decode-attention kernel's merge state and partial softmaxes (zeroed once; layers of
+   * one shape share them).
+   */
   merge: { counters: bigint; partials: bigint }[];
   maxLength: number;
 }
